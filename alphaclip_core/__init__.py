@@ -1,0 +1,21 @@
+"""alphaclip_core: Alpha-CLIP, framework-neutral.
+
+The alpha vision tower and model (:mod:`.model`), alpha maps and the paired image+alpha transform
+(:mod:`.alpha`), weight formats (:mod:`.checkpoints`), region tasks (:mod:`.regions`) and
+overlay pictures (:mod:`.viz`).
+"""
+from .alpha import (ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, normalize_alpha, polygons_to_masks,
+                    prepare, region_masks, rle_decode, rle_encode, rle_to_masks, to_masks, whole_image_alpha)
+from .checkpoints import CheckpointError, describe, load_alpha_clip, read_state_dict, save_reference, save_safetensors
+from .model import WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaVisionTransformer, add_alpha
+from .regions import RegionScores, classify_regions, score_regions, text_classifier
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA", "PairedTransform", "prepare", "normalize_alpha",
+    "whole_image_alpha", "to_masks", "boxes_to_masks", "polygons_to_masks", "rle_encode", "rle_decode",
+    "rle_to_masks", "region_masks", "AlphaCLIP", "AlphaVisionTransformer", "add_alpha", "CheckpointError",
+    "read_state_dict", "load_alpha_clip", "save_safetensors", "save_reference", "describe", "RegionScores",
+    "classify_regions", "score_regions", "text_classifier", "__version__",
+]

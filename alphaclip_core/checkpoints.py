@@ -1,0 +1,327 @@
+"""Reading and writing Alpha-CLIP weights, safely.
+
+Formats understood:
+
+- ``alpha-reference``: the reference release's ``.pth`` — a state dict of the VISUAL tower only, no
+  ``visual.`` prefix (``module.`` allowed), fused qkv stored as ``attn.in_proj.{weight,bias}``.
+- ``clip``: a whole plain CLIP in OpenAI/open_clip key names (an OpenAI TorchScript ``.pt`` archive,
+  a plain state dict, or an open_clip ``.bin``/``.pt``/``.safetensors``).
+- ``open_clip-alpha``: a whole Alpha-CLIP in open_clip key names (``visual.conv1_alpha.weight``
+  present) — what ``alphaclip convert`` writes.
+
+Nothing is unpickled unsafely: ``.safetensors`` via safetensors, pickled files with
+``torch.load(weights_only=True)``, TorchScript archives (OpenAI's ``.pt``) via ``torch.jit.load``,
+which restores TorchScript objects only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError", "VisionArch", "KNOWN_ARCHS", "read_state_dict", "detect_format",
+    "reference_to_open_clip", "open_clip_to_reference", "vision_arch", "load_state_dict_checked",
+    "load_alpha_clip", "save_safetensors", "save_reference", "atomic_write", "describe",
+]
+
+logger = logging.getLogger(__name__)
+PathLike = Union[str, os.PathLike]
+
+# Scalar entries in OpenAI's archives that are not weights.
+_OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+_REFERENCE_REQUIRED = ("conv1.weight", "conv1_alpha.weight", "class_embedding", "positional_embedding",
+                       "ln_pre.weight", "ln_post.weight", "proj")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, of an unexpected format, or does not fit the model."""
+
+
+@dataclass(frozen=True)
+class VisionArch:
+    """The shape of a ViT vision tower, read off its weights."""
+
+    width: int
+    patch_size: int
+    layers: int
+    image_size: int
+    has_alpha: bool = False
+
+    @property
+    def name(self) -> Optional[str]:
+        """The open_clip alpha model name of this shape (e.g. ``alpha-ViT-L-14``), or None."""
+        for name, arch in KNOWN_ARCHS.items():
+            if (arch.width, arch.patch_size, arch.layers, arch.image_size) == (
+                    self.width, self.patch_size, self.layers, self.image_size):
+                return name
+        return None
+
+    def describe(self) -> str:
+        known = self.name
+        shape = f"ViT width {self.width}, patch {self.patch_size}, {self.layers} layers, {self.image_size}px"
+        return f"{shape} ({known[len('alpha-'):]})" if known else shape
+
+
+KNOWN_ARCHS: Dict[str, VisionArch] = {
+    "alpha-ViT-B-16": VisionArch(768, 16, 12, 224, True),
+    "alpha-ViT-L-14": VisionArch(1024, 14, 24, 224, True),
+    "alpha-ViT-L-14-336": VisionArch(1024, 14, 24, 336, True),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# reading
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _unwrap(obj: object, path: Path) -> Dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "module"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: expected a state dict (a mapping of names to tensors), got "
+                              f"{type(obj).__name__}{' (empty)' if isinstance(obj, Mapping) else ''}")
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor) and k not in _OPENAI_EXTRAS}
+    if not sd:
+        raise CheckpointError(f"{path}: the file holds no tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def read_state_dict(path: PathLike, arg: str = "checkpoint") -> Dict[str, torch.Tensor]:
+    """Read a weights file into a flat ``{name: tensor}`` dict on the CPU, without unsafe unpickling.
+
+    Args:
+        path: a ``.safetensors`` file, a ``torch.save``d state dict (optionally under ``state_dict``
+            and/or with a DDP ``module.`` prefix), or an OpenAI TorchScript ``.pt`` archive.
+        arg: the argument name used in error messages.
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: the file is corrupt, not a checkpoint, or would need unsafe unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{arg}: no such file: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj: object = load_file(str(path), device="cpu")
+        elif _is_torchscript_archive(path):
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{arg}: {path} holds objects other than tensors and plain containers; refusing to unpickle it "
+            f"(weights_only=True). Re-save it as a plain state dict or safetensors. ({str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{arg}: {path} is not a readable PyTorch/safetensors checkpoint "
+                              f"(corrupt or truncated?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                              ) from e
+    except Exception as e:  # safetensors raises its own error type
+        if type(e).__name__ == "SafetensorError":
+            raise CheckpointError(f"{arg}: {path} is not a valid safetensors file: {e}") from e
+        raise
+    return _unwrap(obj, path)
+
+
+def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
+    """Name the format of a state dict: ``alpha-reference``, ``open_clip-alpha``, ``clip``,
+    ``clip-visual`` (a plain visual tower), ``hf`` (transformers names) or ``unknown``."""
+    if "conv1_alpha.weight" in sd and "conv1.weight" in sd:
+        return "alpha-reference"
+    if "visual.conv1_alpha.weight" in sd:
+        return "open_clip-alpha"
+    if "visual.conv1.weight" in sd and "token_embedding.weight" in sd:
+        return "clip"
+    if "conv1.weight" in sd and "class_embedding" in sd:
+        return "clip-visual"
+    if any(k.startswith(("vision_model.", "text_model.")) for k in sd):
+        return "hf"
+    return "unknown"
+
+
+# ------------------------------------------------------------------------------------------------
+# key maps
+def reference_to_open_clip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Reference visual-only keys -> open_clip keys (``visual.`` prefix, ``in_proj.weight`` -> ``in_proj_weight``)."""
+    missing = [k for k in _REFERENCE_REQUIRED if k not in sd]
+    if missing:
+        raise CheckpointError(f"not a reference Alpha-CLIP visual checkpoint: missing {missing}")
+    out = {}
+    for k, v in sd.items():
+        k = k.replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias")
+        out["visual." + k] = v
+    return out
+
+
+def open_clip_to_reference(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """open_clip keys of an alpha model (whole model or ``visual.*``) -> the reference visual-only keys."""
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith("visual."):
+            continue
+        k = k[len("visual."):]
+        k = k.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(".attn.in_proj_bias", ".attn.in_proj.bias")
+        out[k] = v
+    if "conv1_alpha.weight" not in out:
+        raise CheckpointError("state dict has no visual.conv1_alpha.weight: not an Alpha-CLIP model")
+    return out
+
+
+def vision_arch(sd: Mapping[str, torch.Tensor]) -> VisionArch:
+    """Read the ViT shape off a state dict in reference (no prefix) or open_clip (``visual.``) names."""
+    prefix = "visual." if "visual.conv1.weight" in sd else ""
+    try:
+        conv1 = sd[prefix + "conv1.weight"]
+        pos = sd[prefix + "positional_embedding"]
+    except KeyError as e:
+        raise CheckpointError(f"state dict has no ViT vision tower (missing {e.args[0]})") from None
+    width, _, patch, _ = conv1.shape
+    grid = round((pos.shape[0] - 1) ** 0.5)
+    block = prefix + "transformer.resblocks."
+    layers = len({k[len(block):].split(".", 1)[0] for k in sd if k.startswith(block)})
+    return VisionArch(int(width), int(patch), layers, grid * int(patch), (prefix + "conv1_alpha.weight") in sd)
+
+
+def load_state_dict_checked(module: nn.Module, sd: Mapping[str, torch.Tensor], source: str,
+                            allow_missing: Iterable[str] = (), allow_unexpected: Iterable[str] = ()) -> None:
+    """``module.load_state_dict`` with errors that say what does not fit and what the file looks like.
+
+    Every key of ``module`` must be in ``sd`` except ``allow_missing``; every key of ``sd`` must be
+    in ``module`` except ``allow_unexpected``; all shapes must match.
+    """
+    own = module.state_dict()
+    allow_missing, allow_unexpected = set(allow_missing), set(allow_unexpected)
+    missing = [k for k in own if k not in sd and k not in allow_missing]
+    unexpected = [k for k in sd if k not in own and k not in allow_unexpected]
+    mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        hint = ""
+        try:
+            file_arch, model_arch = vision_arch(sd), vision_arch(own)
+            if file_arch != model_arch:
+                hint = f" The file's vision tower is {file_arch.describe()}; the model's is {model_arch.describe()}."
+        except CheckpointError:
+            pass
+        parts = []
+        for label, keys in (("shape mismatch", mismatched), ("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+                parts.append(f"{label}: {keys[:5]}{more}")
+        raise CheckpointError(f"{source} does not fit the model.{hint} " + "; ".join(parts) + ".")
+    module.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+
+
+def load_alpha_clip(model: nn.Module, alpha_checkpoint: PathLike, base: Optional[PathLike] = None) -> nn.Module:
+    """Load weights into an :class:`~alphaclip_core.model.AlphaCLIP`, in place.
+
+    Args:
+        model: an AlphaCLIP of the checkpoint's architecture.
+        alpha_checkpoint: a reference visual-only ``.pth`` (then ``base`` is required and supplies the
+            text tower), or a whole ``open_clip-alpha`` file (``base`` then must be None).
+        base: the plain CLIP weights of the same architecture (OpenAI ``.pt`` or open_clip file).
+    Returns:
+        ``model``.
+    """
+    alpha_sd = read_state_dict(alpha_checkpoint, "alpha_checkpoint")
+    fmt = detect_format(alpha_sd)
+    if fmt == "open_clip-alpha":
+        if base is not None:
+            raise ValueError(f"base: {alpha_checkpoint} already holds a whole Alpha-CLIP (text tower included); "
+                             "pass base=None")
+        load_state_dict_checked(model, alpha_sd, f"alpha_checkpoint {alpha_checkpoint}",
+                                allow_missing=("logit_bias",))
+        return model
+    if fmt != "alpha-reference":
+        extra = " It is a plain CLIP; pass it as base= with an Alpha-CLIP file." if fmt in ("clip", "clip-visual") else ""
+        raise CheckpointError(f"alpha_checkpoint: {alpha_checkpoint} is not an Alpha-CLIP checkpoint "
+                              f"(format '{fmt}', no conv1_alpha.weight).{extra}")
+    if base is None:
+        raise ValueError("base: the reference Alpha-CLIP file holds only the vision tower; pass base= the plain "
+                         "CLIP weights of the same architecture (e.g. OpenAI's ViT-L-14.pt) for the text tower")
+    base_sd = read_state_dict(base, "base")
+    if detect_format(base_sd) != "clip":
+        raise CheckpointError(f"base: {base} is not a whole CLIP checkpoint (format '{detect_format(base_sd)}')")
+    load_state_dict_checked(model, base_sd, f"base {base}",
+                            allow_missing=("visual.conv1_alpha.weight", "logit_bias"))
+    visual_sd = {k[len("visual."):]: v for k, v in reference_to_open_clip(alpha_sd).items()}
+    load_state_dict_checked(model.visual, visual_sd, f"alpha_checkpoint {alpha_checkpoint}")
+    return model
+
+
+# ------------------------------------------------------------------------------------------------
+# writing
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` then move the file into place atomically (no half-written ``path``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _cpu_contiguous(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def save_safetensors(model_or_sd: Union[nn.Module, Mapping[str, torch.Tensor]], path: PathLike,
+                     metadata: Optional[Dict[str, str]] = None) -> Path:
+    """Write a model's (or a state dict's) tensors to ``path`` as safetensors, atomically."""
+    from safetensors.torch import save_file
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
+    tensors = _cpu_contiguous(sd)
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata or {"format": "pt"}))
+
+
+def save_reference(model: nn.Module, path: PathLike) -> Path:
+    """Write the vision tower in the reference release's visual-only ``.pth`` format, atomically."""
+    ref = _cpu_contiguous(open_clip_to_reference(model.state_dict()))
+    return atomic_write(path, lambda tmp: torch.save(ref, tmp))
+
+
+def describe(path: PathLike) -> Dict[str, object]:
+    """What a checkpoint file is: format, vision architecture, alpha conv, parameter count, dtypes."""
+    sd = read_state_dict(path)
+    fmt = detect_format(sd)
+    info: Dict[str, object] = {"path": str(path), "format": fmt, "tensors": len(sd),
+                               "parameters": int(sum(v.numel() for v in sd.values())),
+                               "dtypes": sorted({str(v.dtype).replace("torch.", "") for v in sd.values()})}
+    try:
+        arch = vision_arch(sd)
+        info.update(vision=arch.describe(), arch=arch.name, has_conv1_alpha=arch.has_alpha)
+        alpha_key = "conv1_alpha.weight" if fmt == "alpha-reference" else "visual.conv1_alpha.weight"
+        if alpha_key in sd:
+            info["conv1_alpha_abs_mean"] = float(sd[alpha_key].float().abs().mean())
+    except CheckpointError:
+        info.update(vision=None, arch=None, has_conv1_alpha=False)
+    info["has_text_tower"] = "token_embedding.weight" in sd
+    return info

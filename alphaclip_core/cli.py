@@ -1,0 +1,200 @@
+"""The ``alphaclip`` command.
+
+Core subcommands: ``classify`` (regions of an image over labels, ranked table + overlay PNG),
+``convert`` (between weight formats) and ``info`` (what a checkpoint is). Other packages of this
+distribution add subcommands through :data:`COMMAND_MODULES`: each listed module has
+``register(subparsers)`` and imports its heavy frameworks only inside its own command.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+logger = logging.getLogger("alphaclip")
+
+#: modules that add subcommands (skipped when their optional dependencies are absent)
+COMMAND_MODULES: List[str] = []
+
+
+# ------------------------------------------------------------------------------------------------
+# shared model options
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--model/--checkpoint/--base/--device`` as every model-using subcommand takes them."""
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="alpha-ViT-B-16",
+                   help="open_clip alpha model name (alpha-ViT-B-16, alpha-ViT-L-14, alpha-ViT-L-14-336) "
+                        "or local-dir:FOLDER")
+    g.add_argument("--checkpoint", help="Alpha-CLIP weights: reference .pth (with --base) or a converted file; "
+                                        "or a pretrained tag (grit1m, grit20m, ...) resolved in $ALPHACLIP_CACHE")
+    g.add_argument("--base", help="plain OpenAI CLIP weights of the same architecture (for a reference .pth)")
+    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def load_model(args: argparse.Namespace):
+    """Build the model the shared options describe: ``(model, tokenizer)``, model in eval mode."""
+    import open_clip
+
+    import alphaclip_integrations.open_clip as aoc  # registers the alpha configs (lazy: see module docstring)
+
+    if args.model.startswith("local-dir:"):
+        model = open_clip.create_model(args.model, device=args.device)
+    elif args.checkpoint and Path(args.checkpoint).is_file():
+        model, _ = aoc.load(args.model, args.checkpoint, args.base, device=args.device)
+    elif args.checkpoint:
+        model = open_clip.create_model(args.model, pretrained=args.checkpoint, device=args.device)
+    else:
+        raise SystemExit("error: --checkpoint is required (or --model local-dir:FOLDER)")
+    return model.eval(), open_clip.get_tokenizer(args.model)
+
+
+def _parse_box(text: str) -> List[float]:
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--box: expected x0,y0,x1,y1 in pixels, got {text!r}") from None
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"--box: expected 4 numbers x0,y0,x1,y1, got {text!r}")
+    return box
+
+
+# ------------------------------------------------------------------------------------------------
+# classify
+def _cmd_classify(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .alpha import region_masks
+    from .regions import classify_regions
+    from .viz import overlay_regions
+
+    image = Image.open(args.image).convert("RGB")
+    masks = [np.asarray(Image.open(m).convert("L")) for m in args.mask]
+    names = [f"mask {Path(m).name}" for m in args.mask] + [f"box {i}" for i in range(len(args.box))]
+    if not names:
+        names = ["whole image"]
+    model, tokenizer = load_model(args)
+    kw = dict(mask=masks or None, box=args.box or None)
+    scores = classify_regions(model, tokenizer, image, args.labels, templates=args.template or ["a photo of a {}."],
+                              mode=args.mode, **kw)
+    if args.json:
+        print(json.dumps([{"region": n, "top": scores.top(i, args.top)} for i, n in enumerate(names)], indent=2))
+    else:
+        print(scores.table(k=args.top, names=names))
+    overlay = Path(args.overlay or f"{Path(args.image).stem}.regions.png")
+    region = region_masks(image.height, image.width, **kw)
+    captions = [f"{n}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" for i, n in enumerate(names)]
+    overlay_regions(image, region, captions).save(overlay)
+    logger.info("wrote %s", overlay)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# convert / info
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import open_clip
+
+    import alphaclip_integrations.open_clip as aoc
+    from .checkpoints import (CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
+                              read_state_dict, save_reference, save_safetensors, vision_arch)
+
+    sd = read_state_dict(args.source, "source")
+    fmt = detect_format(sd)
+    arch = args.arch or vision_arch(sd).name
+    if arch is None:
+        raise SystemExit(f"error: cannot tell the architecture of {args.source} ({vision_arch(sd).describe()}); "
+                         "pass --arch")
+    model = open_clip.create_model(arch)
+    if fmt == "clip" and args.base is None:
+        # a plain CLIP becomes an Alpha-CLIP with a zero alpha conv: the starting point for training
+        load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=("visual.conv1_alpha.weight",))
+    elif fmt in ("alpha-reference", "open_clip-alpha"):
+        load_alpha_clip(model, args.source, args.base)
+    else:
+        raise CheckpointError(f"source: {args.source} has format '{fmt}'; expected an Alpha-CLIP or CLIP checkpoint")
+    out = Path(args.output)
+    if args.to == "reference":
+        save_reference(model, out)
+    elif args.to == "local-dir":
+        aoc.save_pretrained(model, out)
+    else:
+        save_safetensors(model, out)
+    logger.info("wrote %s (%s, %s)", out, args.to, arch)
+    print(out)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoints import describe
+
+    info = describe(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:<22} {v}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alphaclip", description="Alpha-CLIP: CLIP that looks where you point.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", help="classify regions of an image over labels; prints a table, writes an overlay")
+    p.add_argument("image", help="image file")
+    p.add_argument("--mask", action="append", default=[], help="binary mask PNG of the image's size (repeatable)")
+    p.add_argument("--box", action="append", default=[], type=_parse_box, help="x0,y0,x1,y1 in pixels (repeatable)")
+    p.add_argument("--labels", nargs="+", required=True, help="candidate labels")
+    p.add_argument("--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')")
+    p.add_argument("--mode", choices=("crop", "pad", "squash"), default="crop", help="paired transform geometry")
+    p.add_argument("--top", type=int, default=3, help="labels shown per region")
+    p.add_argument("--overlay", help="overlay PNG path (default: IMAGE_STEM.regions.png)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_model_arguments(p)
+    p.set_defaults(func=_cmd_classify)
+
+    p = sub.add_parser("convert", help="convert weights between formats")
+    p.add_argument("source", help="reference .pth, open_clip alpha file, or a plain CLIP (zero alpha conv added)")
+    p.add_argument("--base", help="plain OpenAI CLIP weights (needed for a reference visual-only .pth)")
+    p.add_argument("--arch", help="alpha model name; read off the weights when omitted")
+    p.add_argument("--to", choices=("open_clip", "reference", "local-dir"), default="open_clip",
+                   help="open_clip: one safetensors file; reference: visual-only .pth; local-dir: open_clip folder")
+    p.add_argument("--output", "-o", required=True, help="output file or folder")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("info", help="say what a checkpoint is")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_info)
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:  # optional dependency absent: the subcommand is simply not offered
+            logger.debug("subcommands of %s unavailable: %s", name, e)
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    from .checkpoints import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Region tasks on any Alpha-CLIP model (``encode_image(image, alpha)`` + ``encode_text(tokens)``).
+
+The expensive, shared parts live here once: text classifiers from labels x templates, and scoring
+many regions of one image in batches with the image tensor prepared once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from .alpha import prepare
+
+__all__ = ["RegionScores", "text_classifier", "score_regions", "classify_regions", "preprocess_params"]
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+def preprocess_params(model: torch.nn.Module) -> dict:
+    """``size``, ``mean`` and ``std`` the model expects, read from open_clip's preprocess config."""
+    visual = getattr(model, "visual", model)
+    cfg = dict(getattr(visual, "preprocess_cfg", {}) or {})
+    size = cfg.get("size", getattr(visual, "image_size", 224))
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise ValueError(f"model: non-square input size {size} is not supported")
+        size = size[0]
+    out = {"size": int(size)}
+    for key in ("mean", "std"):
+        if cfg.get(key) is not None:
+            out[key] = tuple(cfg[key])
+    return out
+
+
+@torch.no_grad()
+def text_classifier(model: torch.nn.Module, tokenizer: Callable, labels: Sequence[str],
+                    templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+    """Zero-shot classifier weights: ``[L, D]`` unit vectors, the mean over templates of each label.
+
+    Args:
+        tokenizer: open_clip-style, ``tokenizer(list_of_str) -> LongTensor [N, context]``.
+        templates: format strings with one ``{}`` for the label.
+    """
+    if not labels:
+        raise ValueError("labels: expected at least one label")
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"templates: each template needs one '{{}}' for the label, got {list(templates)}")
+    device = next(model.parameters()).device
+    texts = [t.format(label) for label in labels for t in templates]
+    feats = model.encode_text(tokenizer(texts).to(device), normalize=True).float()
+    feats = feats.view(len(labels), len(templates), -1).mean(dim=1)
+    return F.normalize(feats, dim=-1)
+
+
+@torch.no_grad()
+def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tensor, text_features: torch.Tensor,
+                  batch_size: int = 32) -> torch.Tensor:
+    """Cosine similarity of every region of one image with every text: ``[K, L]`` in ``[-1, 1]``.
+
+    Args:
+        image: ``[1, 3, S, S]`` the prepared image (shared by all regions; expanded, not copied).
+        alpha: ``[K, 1, S, S]`` normalised alpha maps, one per region.
+        text_features: ``[L, D]`` unit vectors (see :func:`text_classifier`).
+        batch_size: regions per forward pass.
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"image: expected one prepared image [1,3,S,S], got {list(image.shape)}")
+    if alpha.dim() != 4 or alpha.shape[1] != 1 or alpha.shape[2:] != image.shape[2:]:
+        raise ValueError(f"alpha: expected [K,1,{image.shape[2]},{image.shape[3]}], got {list(alpha.shape)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    image = image.to(device)
+    text_features = text_features.to(device=device, dtype=torch.float32)
+    out = []
+    for start in range(0, alpha.shape[0], batch_size):
+        a = alpha[start:start + batch_size].to(device)
+        feats = model.encode_image(image.expand(a.shape[0], -1, -1, -1), a, normalize=True).float()
+        out.append(feats @ text_features.T)
+    return torch.cat(out)
+
+
+@dataclass
+class RegionScores:
+    """Probabilities of each region over the labels.
+
+    Attributes:
+        probs: ``[K, L]`` softmax over labels (rows sum to 1).
+        logits: ``[K, L]`` ``logit_scale * cosine``.
+        labels: the L label strings.
+    """
+
+    probs: torch.Tensor
+    logits: torch.Tensor
+    labels: List[str]
+
+    def top(self, region: int, k: int = 5) -> List[tuple]:
+        """``[(label, prob), ...]`` for one region, best first."""
+        p, i = self.probs[region].topk(min(k, len(self.labels)))
+        return [(self.labels[j], float(q)) for q, j in zip(p.tolist(), i.tolist())]
+
+    def table(self, k: int = 3, names: Optional[Sequence[str]] = None) -> str:
+        """A plain-text ranked table, one row per region."""
+        rows = []
+        for r in range(self.probs.shape[0]):
+            name = names[r] if names else f"region {r}"
+            ranked = ", ".join(f"{label} {p:.3f}" for label, p in self.top(r, k))
+            rows.append(f"{name:<16} {ranked}")
+        return "\n".join(rows)
+
+
+@torch.no_grad()
+def classify_regions(model: torch.nn.Module, tokenizer: Callable, image, labels: Sequence[str], *,
+                     mask=None, box=None, polygon=None, rle=None,
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 32, mode: str = "crop",
+                     ) -> RegionScores:
+    """Classify many regions of one image over a label list.
+
+    Args:
+        image: one image (PIL, ``HxWx3`` uint8 array or ``[3,H,W]`` tensor).
+        labels: the L candidate labels.
+        mask, box, polygon, rle: the regions, as :func:`alphaclip_core.prepare` takes them
+            (none = the whole image).
+        templates: prompt templates, averaged per label.
+        batch_size: regions per forward pass.
+        mode: the paired transform's geometry (``crop``, ``pad`` or ``squash``).
+    Returns:
+        :class:`RegionScores` with ``[K, L]`` probabilities, K regions in the order masks, boxes,
+        polygons, RLEs.
+    """
+    params = preprocess_params(model)
+    pixels, alpha = prepare(image, mask=mask, box=box, polygon=polygon, rle=rle, mode=mode, **params)
+    classifier = text_classifier(model, tokenizer, labels, templates)
+    cos = score_regions(model, pixels, alpha, classifier, batch_size=batch_size)
+    logit_scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
+    logits = logit_scale * cos
+    return RegionScores(probs=logits.softmax(dim=-1).cpu(), logits=logits.cpu(), labels=list(labels))

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny random-init models built in-process, and files in the real formats."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from open_clip.model import CLIP
+
+from alphaclip_core.model import AlphaCLIP
+
+#: a tiny CLIP: 32px images, 8px patches (4x4 grid), 2 vision blocks, 1 text block.
+TINY_CFG = dict(
+    embed_dim=32,
+    quick_gelu=True,
+    vision_cfg=dict(image_size=32, patch_size=8, width=64, layers=2, head_width=32),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+)
+
+
+def tiny_cfg(**vision_overrides) -> dict:
+    cfg = copy.deepcopy(TINY_CFG)
+    cfg["vision_cfg"].update(vision_overrides)
+    return cfg
+
+
+def randomize_alpha_conv(model: AlphaCLIP, seed: int = 1, scale: float = 0.5) -> AlphaCLIP:
+    g = torch.Generator().manual_seed(seed)
+    w = model.visual.conv1_alpha.weight
+    with torch.no_grad():
+        w.copy_(torch.randn(w.shape, generator=g) * scale)
+    return model
+
+
+@pytest.fixture
+def plain_clip() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(**TINY_CFG).eval()
+
+
+@pytest.fixture
+def alpha_clip() -> AlphaCLIP:
+    torch.manual_seed(0)
+    return AlphaCLIP(**TINY_CFG).eval()
+
+
+def reference_state_dict(model: AlphaCLIP) -> dict:
+    """The vision tower in the reference release's key names, spelled out here from SPEC.md."""
+    v = model.visual
+    sd = {
+        "conv1.weight": v.conv1.weight,
+        "conv1_alpha.weight": v.conv1_alpha.weight,
+        "class_embedding": v.class_embedding,
+        "positional_embedding": v.positional_embedding,
+        "ln_pre.weight": v.ln_pre.weight, "ln_pre.bias": v.ln_pre.bias,
+        "ln_post.weight": v.ln_post.weight, "ln_post.bias": v.ln_post.bias,
+        "proj": v.proj,
+    }
+    for i, blk in enumerate(v.transformer.resblocks):
+        p = f"transformer.resblocks.{i}."
+        sd[p + "attn.in_proj.weight"] = blk.attn.in_proj_weight
+        sd[p + "attn.in_proj.bias"] = blk.attn.in_proj_bias
+        sd[p + "attn.out_proj.weight"] = blk.attn.out_proj.weight
+        sd[p + "attn.out_proj.bias"] = blk.attn.out_proj.bias
+        for name in ("ln_1", "ln_2"):
+            sd[p + f"{name}.weight"] = getattr(blk, name).weight
+            sd[p + f"{name}.bias"] = getattr(blk, name).bias
+        for name in ("c_fc", "c_proj"):
+            sd[p + f"mlp.{name}.weight"] = getattr(blk.mlp, name).weight
+            sd[p + f"mlp.{name}.bias"] = getattr(blk.mlp, name).bias
+    return {k: t.detach().clone() for k, t in sd.items()}
+
+
+def openai_state_dict(model: torch.nn.Module) -> dict:
+    """A whole plain CLIP as OpenAI's state dicts hold it (open_clip names + the scalar extras)."""
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if "conv1_alpha" not in k}
+    sd["input_resolution"] = torch.tensor(model.visual.image_size[0])
+    sd["context_length"] = torch.tensor(model.context_length)
+    sd["vocab_size"] = torch.tensor(model.vocab_size)
+    return sd
+
+
+def write_torchscript_archive(sd: dict, path) -> None:
+    """Write ``sd`` as a TorchScript archive (the container OpenAI's .pt files use)."""
+
+    class Holder(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    root = Holder()
+    for key, value in sd.items():
+        *parents, leaf = key.split(".")
+        mod = root
+        for p in parents:
+            if not hasattr(mod, p):
+                mod.add_module(p, Holder())
+            mod = getattr(mod, p)
+        mod.register_buffer(leaf, value.clone())
+    torch.jit.save(torch.jit.script(root), str(path))
