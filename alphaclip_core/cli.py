@@ -18,7 +18,11 @@ from typing import List, Optional, Sequence
 logger = logging.getLogger("alphaclip")
 
 #: modules that add subcommands (skipped when their optional dependencies are absent)
-COMMAND_MODULES: List[str] = []
+COMMAND_MODULES: List[str] = [
+    "alphaclip_train.cli",            # demo, train
+    "alphaclip_train.prepare.cli",    # data prepare/check/show
+    "alphaclip_train.eval.cli",       # locate, eval
+]
 
 
 # ------------------------------------------------------------------------------------------------

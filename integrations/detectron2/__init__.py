@@ -1,0 +1,1 @@
+"""Detectron2 / Detic integration (imports detectron2)."""

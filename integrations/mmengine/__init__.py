@@ -1,0 +1,1 @@
+"""The alpha vision tower in mmengine's MODELS registry."""

@@ -1,0 +1,1 @@
+"""Evaluation: ImageNet-S, referring expressions, region search."""

@@ -1,0 +1,1 @@
+"""Data preparation: RGBA region-text shards from grounding and classification data."""
