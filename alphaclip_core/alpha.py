@@ -101,7 +101,7 @@ def _mask_array_to_tensor(m: Any) -> torch.Tensor:
             a = a.astype(np.float32)
         elif a.dtype.kind != "b" and a.dtype != np.uint8:
             raise TypeError(f"mask has unsupported dtype {a.dtype}; accepted dtypes: {_MASK_DTYPES}")
-        m = torch.from_numpy(np.ascontiguousarray(a))
+        m = torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous else np.array(a))
     if m.dtype == torch.bool:
         t = m.float()
     elif m.dtype == torch.uint8:
@@ -367,7 +367,7 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
             raise ValueError(f"image: a numpy image must be HxWx3, got shape {image.shape}")
         if image.dtype != np.uint8 and image.dtype.kind != "f":
             raise TypeError(f"image: a numpy image must be uint8 (0..255) or float in [0, 1], got {image.dtype}")
-        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        t = torch.from_numpy(image if image.flags.writeable and image.flags.c_contiguous else np.array(image)).permute(2, 0, 1)
     elif isinstance(image, torch.Tensor):
         t = image
         if t.ndim not in (3, 4) or t.shape[-3] != 3:

@@ -105,6 +105,11 @@ def _unwrap(obj: object, path: Path) -> Dict[str, torch.Tensor]:
     return sd
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def read_state_dict(path: PathLike, arg: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """Read a weights file into a flat ``{name: tensor}`` dict on the CPU, without unsafe unpickling.
 
@@ -128,18 +133,17 @@ def read_state_dict(path: PathLike, arg: str = "checkpoint") -> Dict[str, torch.
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{arg}: {path} holds objects other than tensors and plain containers; refusing to unpickle it "
-            f"(weights_only=True). Re-save it as a plain state dict or safetensors. ({str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CheckpointError(
+                f"{arg}: {path} holds objects other than tensors and plain containers; refusing to unpickle it "
+                f"(weights_only=True). Re-save it as a plain state dict or safetensors."
+            ) from e
         raise CheckpointError(f"{arg}: {path} is not a readable PyTorch/safetensors checkpoint "
-                              f"(corrupt or truncated?): {str(e).splitlines()[0] if str(e) else type(e).__name__}"
-                              ) from e
-    except Exception as e:  # safetensors raises its own error type
-        if type(e).__name__ == "SafetensorError":
-            raise CheckpointError(f"{arg}: {path} is not a valid safetensors file: {e}") from e
-        raise
+                              f"(corrupt or truncated?): {_first_line(e)}") from e
+    except Exception as e:  # torch/zipfile/struct/safetensors errors on corrupt input
+        kind = "a valid safetensors file" if path.suffix == ".safetensors" else \
+            "a readable PyTorch/safetensors checkpoint (corrupt or truncated?)"
+        raise CheckpointError(f"{arg}: {path} is not {kind}: {_first_line(e)}") from e
     return _unwrap(obj, path)
 
 
