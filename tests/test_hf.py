@@ -242,6 +242,12 @@ def test_auto_classes_and_round_trip(folder, tmp_path):
         ref = model.encode_image(image, alpha)
         out = loaded.get_image_features(pixel_values=image, alpha_values=alpha).pooler_output
     torch.testing.assert_close(out, ref, atol=ATOL, rtol=0)
+    # the vision tower (with or without projection) loads out of the whole-model folder, as LLaVA loads CLIP towers
+    tower = ah.AlphaCLIPVisionModel.from_pretrained(path)
+    with_proj = ah.AlphaCLIPVisionModelWithProjection.from_pretrained(path)
+    for k, v in loaded.vision_model.state_dict().items():
+        assert tower.state_dict()[k].equal(v) and with_proj.vision_model.state_dict()[k].equal(v), k
+    assert with_proj.visual_projection.weight.equal(loaded.visual_projection.weight)
     # the vision tower alone saves and loads too
     vision = ah.vision_model_from_open_clip(model)
     vision.save_pretrained(tmp_path / "vision")

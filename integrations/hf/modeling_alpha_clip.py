@@ -156,6 +156,9 @@ class AlphaCLIPVisionModel(AlphaCLIPPreTrainedModel):
     input_modalities = ("image",)
     _input_embed_layer = "patch_embedding"
     base_model_prefix = "vision_model"
+    # loading the tower out of a whole AlphaCLIPModel folder (as LLaVA does with CLIP repos) skips the rest quietly
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.",
+                                          r"^logit_scale"]
 
     def __init__(self, config: AlphaCLIPVisionConfig):
         super().__init__(config)
@@ -211,6 +214,7 @@ class AlphaCLIPVisionModelWithProjection(AlphaCLIPPreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     base_model_prefix = "vision_model"
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale"]
 
     def __init__(self, config: AlphaCLIPVisionConfig):
         super().__init__(config)
