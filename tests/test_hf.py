@@ -202,6 +202,23 @@ def test_key_map_round_trip_and_errors(trained):
         hf_to_open_clip_state_dict(hf_sd)
 
 
+def test_vision_model_from_reference_state_dict(trained, plain_clip):
+    config = ah.model_from_open_clip(trained).config.vision_config
+    vision = ah.vision_model_from_state_dict(reference_state_dict(trained), config)
+    ref = ah.vision_model_from_open_clip(trained)
+    for k, v in ref.state_dict().items():
+        assert vision.state_dict()[k].equal(v), k
+    plain = ah.vision_model_from_state_dict(openai_state_dict(plain_clip), config)  # whole plain CLIP: zero alpha
+    assert torch.count_nonzero(plain.embeddings.patch_embedding_alpha.weight) == 0
+    assert plain.embeddings.patch_embedding.weight.equal(plain_clip.visual.conv1.weight)
+    with pytest.raises(CheckpointError, match="sd: a state dict in format 'unknown' is not"):
+        ah.vision_model_from_state_dict({"foo": torch.zeros(1)}, config)
+    wide = ah.AlphaCLIPVisionConfig(**{**config.to_dict(), "hidden_size": 128, "intermediate_size": 512})
+    with pytest.raises(CheckpointError, match=r"state dict does not fit the transformers model: shape mismatch "
+                                              r"\[.embeddings.class_embedding: file \[64\] vs model \[128\]"):
+        ah.vision_model_from_state_dict(reference_state_dict(trained), wide)
+
+
 def test_unrepresentable_open_clip_tower_is_refused():
     model = AlphaCLIP(**tiny_cfg(pool_type="avg"))
     with pytest.raises(ValueError, match="pool_type='avg'.*transformers' CLIP cannot represent"):
@@ -345,6 +362,10 @@ def test_processor_uses_the_core_transform(folder, tmp_path):
     ref_tokens = open_clip.get_tokenizer("ViT-B-16")(["a cat", "a dog"])
     n = out["input_ids"].shape[1]
     assert out["input_ids"].equal(ref_tokens[:, :n])
+    # long texts are truncated like open_clip's tokenizer (end token kept)
+    long = " ".join(["cat dog"] * 60)
+    ids = processor(text=[long])["input_ids"]
+    assert ids.equal(open_clip.get_tokenizer("ViT-B-16")([long]))
     # pad mode and several images with per-image regions
     batch = processor.image_processor([img, _image(30, 30, seed=1)], boxes=[[[0, 0, 10, 10], [5, 5, 50, 40]], None],
                                       mode="pad", return_region_index=True)
