@@ -361,7 +361,6 @@ def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str 
 
     ``mode`` is the paired transform's geometry stored in the image processor (crop/pad/squash).
     """
-    from . import register  # noqa: F401  (auto classes and remote-code export)
     folder = Path(folder)
     hf = model_from_open_clip(model)
     hf.save_pretrained(folder)

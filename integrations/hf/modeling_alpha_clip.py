@@ -27,9 +27,7 @@ from transformers.models.clip.modeling_clip import (
     CLIPPreTrainedModel,
     CLIPTextModel,
     CLIPVisionEmbeddings,
-    CLIPVisionModel,
     CLIPVisionModelOutput,
-    CLIPVisionModelWithProjection,
     _get_vector_norm,
     image_text_contrastive_loss,
 )
@@ -42,7 +40,7 @@ try:  # not importable from remote code in every transformers version: then only
 except ImportError:  # pragma: no cover
     register_checkpoint_conversion_mapping = None
 
-from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
+from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPVisionConfig
 
 __all__ = [
     "ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA",
