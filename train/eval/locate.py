@@ -3,7 +3,7 @@
 Candidates come from SAM's automatic mask generator, or from given masks / boxes. The image is
 prepared once with all K alpha maps (one paired transform), the regions are scored in batches
 (:func:`alphaclip_core.regions.score_regions`), and the result ranks the regions and paints a
-heat map (each pixel takes the highest probability of the regions covering it).
+heat map (each pixel takes the highest score of the regions covering it).
 """
 from __future__ import annotations
 
@@ -49,9 +49,19 @@ class LocateResult:
                         "box": list(mask_bbox(self.masks[i] > 0.5))})
         return out
 
-    def heat(self) -> torch.Tensor:
-        """``[H, W]`` heat map: per pixel, the highest ``prob * mask`` over the regions (0 where none)."""
-        return (self.probs[:, None, None] * self.masks).amax(0)
+    def heat(self, kind: str = "cosine") -> torch.Tensor:
+        """``[H, W]`` heat map: per pixel, the highest score of the regions covering it (mask > 0.5).
+
+        kind: ``cosine`` (graded; pixels in no region get the lowest cosine) or ``prob`` (the softmax
+        probabilities, peaked at the best region; 0 where no region).
+        """
+        if kind not in ("cosine", "prob"):
+            raise ValueError(f"kind: expected 'cosine' or 'prob', got {kind!r}")
+        inside = self.masks > 0.5
+        if kind == "prob":
+            return torch.where(inside, self.probs[:, None, None], torch.zeros(())).amax(0)
+        low = self.cosine.min()
+        return torch.where(inside, self.cosine[:, None, None], low).amax(0)
 
 
 def auto_masks(image: Image.Image, generator: Any, min_area: int = 1, max_regions: Optional[int] = None
@@ -104,9 +114,11 @@ def locate(model: torch.nn.Module, tokenizer: Callable, image: Image.Image, phra
     return LocateResult(phrase, regions.cpu(), cos, probs, cos.argsort(descending=True))
 
 
-def render(image: Image.Image, result: LocateResult, top: int = 3) -> Tuple[Image.Image, Image.Image]:
-    """``(overlay, heat)``: the ``top`` best regions drawn with their scores, and the heat-map overlay."""
+def render(image: Image.Image, result: LocateResult, top: int = 3, heat: str = "cosine"
+           ) -> Tuple[Image.Image, Image.Image]:
+    """``(overlay, heat)``: the ``top`` best regions drawn with their probabilities, and the heat-map overlay
+    (``heat``: ``cosine`` or ``prob``, see :meth:`LocateResult.heat`)."""
     best = result.top(top)
     caps = [f"#{r + 1} {result.phrase}: {b['prob']:.2f}" for r, b in enumerate(best)]
     overlay = overlay_regions(image, result.masks[[b["index"] for b in best]], caps)
-    return overlay, heatmap_overlay(image, result.heat())
+    return overlay, heatmap_overlay(image, result.heat(heat))
