@@ -389,3 +389,18 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
     payload = json.loads((out / "rec.json").read_text())
     assert payload["results"]["refcoco"]["val"]["correct"] == 2 and payload["views"] == ["image"]
     assert re.search(r"\| Alpha-CLIP \(this run\) \| 66\.7/100\.0/0\.0 \|", (out / "rec.md").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ README
+def test_readme_section_python_blocks_run(tmp_path, monkeypatch):
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Evaluation and where-is search", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "no python block in the README section"
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(quadrants("red", "green", "blue", "yellow")).save("street.jpg")
+    with open("refs(unc).p", "wb") as f:
+        pickle.dump([{"ref_id": 1, "sentences": [{"sent": "the red car"}, {"sent": "a blue door"}]}], f, protocol=2)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    assert Image.open("street.heat.png").size == (64, 64)
