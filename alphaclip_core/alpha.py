@@ -478,7 +478,7 @@ class PairedTransform:
             rows, cols = self._crop_window(h, w, m.device)
             r, c = rows.nonzero().flatten(), cols.nonzero().flatten()   # the window is one contiguous block
             if r.numel() and c.numel():
-                kept = m[:, int(r[0]):int(r[-1]) + 1, int(c[0]):int(c[-1]) + 1].flatten(1).amax(1) > 0
+                kept = m[:, int(r[0]):int(r[-1]) + 1, int(c[0]):int(c[-1]) + 1].amax(dim=(1, 2)) > 0
             else:
                 kept = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
             if not kept.all():

@@ -27,7 +27,7 @@ from alphaclip_train.eval.imagenet_s import (ImageNetS, accuracy_report, decode_
                                              results_markdown)
 from alphaclip_train.eval.rec import (RecScorer, RestrictedUnpickler, box_iou, evaluate_rec, load_plain_json,
                                       load_proposals, load_refer, load_refs, rec_markdown)
-from test_eval_kit import COLORS, build_color_clip, color_vec, plain_copy, quadrants, tokenizer
+from test_eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tokenizer
 
 TEMPLATE = "a photo of a {}."
 NAMES = list(COLORS)                                      # red green blue yellow cyan magenta
@@ -344,7 +344,8 @@ def test_refer_layout_and_rec_accuracy_hand_counted(tmp_path, rec_models):
     props = tmp_path / "props.json"
     shifted = [[2, 0, 34, 32], [34, 0, 64, 32], [0, 34, 32, 64], [34, 34, 64, 64]]
     props.write_text(json.dumps({"1": shifted, "2": [b + [0.9] for b in shifted]}))
-    res_p = evaluate_rec(samples, scorer, proposals=load_proposals(props), progress=False)
+    res_p = evaluate_rec(samples, RecScorer(rec_models[:1], views=["image"]), proposals=load_proposals(props),
+                         progress=False)
     assert [res_p[s]["correct"] for s in ("val", "testA", "testB")] == [2, 1, 0]
 
 

@@ -124,3 +124,21 @@ def test_locate_cli(model, tmp_path, capsys):
     assert Image.open(tmp_path / "o.png").size == (64, 64) and Image.open(tmp_path / "h.png").size == (64, 64)
     with pytest.raises(SystemExit, match="give --box/--mask regions or --sam-checkpoint"):
         alphaclip_main(["locate", str(img), "blue", "--model", f"local-dir:{tmp_path / 'm'}"])
+
+
+def test_locate_cli_with_sam_automatic_masks(model, tmp_path, capsys, monkeypatch):
+    import alphaclip_train.eval.sam as sam_mod
+
+    built = []
+    monkeypatch.setattr(sam_mod, "build_sam", lambda t, c, d: built.append((t, c, d)) or _tiny_sam())
+    aoc.save_pretrained(model, tmp_path / "m")
+    img = tmp_path / "quads.png"
+    Image.fromarray(quadrants("red", "green", "blue", "yellow")).save(img)
+    rc = alphaclip_main(["locate", str(img), "red", "--model", f"local-dir:{tmp_path / 'm'}", "--json",
+                         "--sam-checkpoint", "sam_vit_b.pth", "--sam-type", "vit_b", "--points-per-side", "4",
+                         "--pred-iou-thresh=-1e9", "--stability-score-thresh", "0", "--min-area", "1",
+                         "--heat", "prob", "--overlay", str(tmp_path / "o.png"), "--heatmap", str(tmp_path / "h.png")])
+    assert rc == 0 and built == [("vit_b", "sam_vit_b.pth", "cpu")]
+    out = json.loads(capsys.readouterr().out)
+    assert out["regions"] >= 1 and len(out["best"]) == min(3, out["regions"])
+    assert Image.open(tmp_path / "h.png").size == (64, 64)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -81,7 +80,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
     stem = Path(args.image).stem
     overlay_path = Path(args.overlay or f"{stem}.locate.png")
     heat_path = Path(args.heatmap or f"{stem}.heat.png")
-    overlay, heat = render(image, result, args.top)
+    overlay, heat = render(image, result, args.top, args.heat)
     overlay.save(overlay_path)
     heat.save(heat_path)
     if args.json:
@@ -249,6 +248,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--top", type=int, default=3, help="best regions shown")
     p.add_argument("--batch-size", type=int, default=32, help="regions per forward pass")
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default="pad", help="paired transform geometry")
+    p.add_argument("--heat", choices=("cosine", "prob"), default="cosine",
+                   help="heat-map score: best cosine per pixel (graded) or softmax probability (peaked)")
     p.add_argument("--overlay", help="best-regions PNG (default IMAGE_STEM.locate.png)")
     p.add_argument("--heatmap", help="heat-map PNG (default IMAGE_STEM.heat.png)")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -283,6 +284,3 @@ def rec_main(argv: Optional[Sequence[str]] = None) -> int:
     """``python benchmarks/rec.py ...`` (same options as ``alphaclip eval rec``)."""
     return _standalone(add_rec_arguments, run_rec, argv, "benchmarks/rec.py")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(imagenet_s_main())

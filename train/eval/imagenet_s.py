@@ -293,7 +293,7 @@ def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional
         methods: subset of ``ALPHA_METHODS + PLAIN_METHODS`` (default: all the given models can run).
         mode: the paired transform's geometry; with ``crop`` an image whose region the centre crop cuts off
             is prepared with ``pad`` instead (counted in ``n_pad_fallback``).
-        limit: evaluate only the first ``limit`` images (a spread-out subset: every ``len/limit``-th image).
+        limit: evaluate ``limit`` images spread evenly over the dataset (every ``len/limit``-th image).
         state_path: a JSONL file with one line per evaluated image; an interrupted run resumes from it.
     Returns:
         ``{"metrics": {method: accuracy_report}, "n_empty_mask": .., "n_pad_fallback": .., "n": ..}``.
@@ -388,7 +388,8 @@ def arch_column(model_name: str) -> str:
 def results_markdown(metrics: Dict[str, Dict[str, float]], column: str, title: str = "ImageNet-S zero-shot") -> str:
     """Markdown in the layout of SPEC.md's ImageNet-S table: one row per method, the mean per-class top-1 of
     this run in a ``column`` column beside the paper's number, then top-1/top-5 details."""
-    lines = [f"### {title}", "", f"| alpha given | {column} (this run) | {column} (paper) | top-1 | top-5 | "
+    lines = [f"### {title}", "", f"`{column} (this run)` and `{column} (paper)`: mean per-class top-1 (%), as in "
+             "SPEC.md; top-1/top-5: over images; `(extra)` rows are not in the paper.", "", f"| alpha given | {column} (this run) | {column} (paper) | top-1 | top-5 | "
              "mean-class top-5 | images |", "|---|---|---|---|---|---|---|"]
     for m, row in METHOD_ROWS.items():
         if m not in metrics:

@@ -8,7 +8,7 @@ heat map (each pixel takes the highest score of the regions covering it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
