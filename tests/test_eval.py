@@ -225,6 +225,24 @@ def test_imagenet_s_evaluate_hand_counted(tmp_path, color_models):
         evaluate(ds, classifier[:2], alpha, progress=False)
 
 
+def test_imagenet_s_region_cut_off_by_the_crop_falls_back_to_padding(tmp_path, color_models):
+    alpha, _ = color_models
+    img = np.zeros((64, 128, 3), np.uint8)
+    img[:] = COLORS["blue"]
+    img[:, :32] = COLORS["red"]                                   # the object: a strip the centre crop drops
+    ids = np.zeros((64, 128), np.int64)
+    ids[:, :32] = 1
+    for sub, obj, ext in (("validation", Image.fromarray(img), "JPEG"), ("validation-segmentation", _seg_png(ids), "png")):
+        (tmp_path / sub / WNIDS["red"]).mkdir(parents=True)
+        obj.save(tmp_path / sub / WNIDS["red"] / f"x.{ext}", **({"quality": 100} if ext == "JPEG" else {}))
+    (tmp_path / "validation" / WNIDS["blue"]).mkdir()                # a second category, no images
+    ds = ImageNetS(tmp_path)
+    classifier = text_classifier(alpha, tokenizer(), ["red", "blue"], [TEMPLATE])
+    res = evaluate(ds, classifier, alpha, methods=["alpha_mask", "alpha_whole"], progress=False)
+    assert res["n_pad_fallback"] == 1
+    assert res["metrics"]["alpha_mask"]["top1"] == 100.0 and res["metrics"]["alpha_whole"]["top1"] == 0.0
+
+
 def test_imagenet_s_cli(tmp_path, color_models):
     alpha, plain = color_models
     write_imagenet_s(tmp_path)
@@ -377,7 +395,15 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
     plain.write_text(json.dumps(entries))
     samples = load_plain_json(plain)
     assert samples[1].candidates.tolist() == [[0, 32, 32, 64], [32, 32, 64, 64]]   # the image's targets
-    assert evaluate_rec(samples, RecScorer(rec_models), progress=False)["val"]["correct"] == 2
+    state = tmp_path / "rec.state.jsonl"
+    first = evaluate_rec(samples, RecScorer(rec_models), state_path=state, progress=False)
+    assert first["val"]["correct"] == 2
+
+    class Broken(RecScorer):
+        def score(self, *a, **k):
+            raise AssertionError("resumed run rescored an image")
+
+    assert evaluate_rec(samples, Broken(rec_models), state_path=state, progress=False) == first
     with pytest.raises(ValueError, match="entry 0 has no 'box'"):
         (tmp_path / "bad.json").write_text(json.dumps([{"image": "x.jpg", "sentences": []}]))
         load_plain_json(tmp_path / "bad.json")
