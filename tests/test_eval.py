@@ -26,8 +26,8 @@ from alphaclip_train.eval.imagenet_s import (ImageNetS, accuracy_report, decode_
                                              evaluate, ranked_predictions, read_categories, read_names,
                                              results_markdown)
 from alphaclip_train.eval.rec import (RecScorer, RestrictedUnpickler, box_iou, evaluate_rec, load_plain_json,
-                                      load_proposals, load_refer, load_refs, rec_markdown)
-from test_eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tokenizer
+                                      load_proposals, load_refer, load_refs, rec_markdown, sam_box_masks)
+from test_eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tiny_sam, tokenizer
 
 TEMPLATE = "a photo of a {}."
 NAMES = list(COLORS)                                      # red green blue yellow cyan magenta
@@ -383,6 +383,30 @@ def test_rec_ensemble_is_the_mean_of_models_and_views(tmp_path, rec_models):
         RecScorer(rec_models, views=["sepia"])
     with pytest.raises(ValueError, match="boxes: no candidate regions"):
         RecScorer(rec_models).score(image, np.zeros((0, 4)), ["red"])
+
+
+def test_sam_box_masks_per_candidate(tmp_path, rec_models):
+    from alphaclip_train.eval.sam import box_predictor
+
+    predictor = box_predictor(tiny_sam())
+    calls = []
+    original = predictor.predict_torch
+
+    def predict_torch(*a, **k):                      # the tiny SAM's masks, with the second one emptied
+        masks, iou, low = original(*a, **k)
+        calls.append(k["boxes"].shape)
+        masks[1] = False
+        return masks, iou, low
+
+    predictor.predict_torch = predict_torch
+    image = Image.fromarray(quadrants("red", "green", "blue", "yellow"))
+    boxes = np.array([[0, 0, 32, 32], [32, 0, 64, 32], [0, 32, 32, 64]], dtype=float)
+    masks = sam_box_masks(predictor)(image, boxes)
+    assert calls == [torch.Size([3, 4])]                     # one batched call: the image is embedded once
+    assert masks.shape == (3, 64, 64) and set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert masks[1].sum() == 32 * 32 and masks[1, :32, 32:].all()    # empty SAM mask -> the box itself
+    scores = RecScorer(rec_models[:1], mask_fn=sam_box_masks(predictor)).score(image, boxes, ["red"])
+    assert scores.shape == (1, 3)
 
 
 def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):

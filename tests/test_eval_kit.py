@@ -93,3 +93,23 @@ def quadrants(tl: str, tr: str, bl: str, br: str, size: int = 64) -> np.ndarray:
     img = np.zeros((size, size, 3), np.uint8)
     img[:h, :h], img[:h, h:], img[h:, :h], img[h:, h:] = (COLORS[c] for c in (tl, tr, bl, br))
     return img
+
+
+def tiny_sam():
+    """A random Segment Anything model for 64 px inputs (1-block encoder, 32-dim prompts)."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    dim = 32
+    return Sam(
+        image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                                      out_chans=dim, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                                      window_size=0, global_attn_indexes=()),
+        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(4, 4), input_image_size=(64, 64),
+                                     mask_in_chans=4),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=dim,
+                                 mlp_dim=64, num_heads=2), transformer_dim=dim, iou_head_depth=1,
+                                 iou_head_hidden_dim=16),
+    ).eval()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-from functools import partial
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,7 @@ from PIL import Image
 import alphaclip_integrations.open_clip as aoc
 from alphaclip_core.cli import main as alphaclip_main
 from alphaclip_train.eval.locate import auto_masks, locate, render
-from test_eval_kit import COLORS, build_color_clip, quadrants, tokenizer
+from test_eval_kit import COLORS, build_color_clip, quadrants, tiny_sam as _tiny_sam, tokenizer
 
 BOXES = [[0, 0, 32, 32], [32, 0, 64, 32], [0, 32, 32, 64], [32, 32, 64, 64]]   # TL TR BL BR
 
@@ -74,23 +72,6 @@ def test_auto_masks_order_and_filtering(model):
         q[y0:y1, x0:x1] = True
     res = locate(model, tokenizer(), image, "blue", mask_generator=_FakeGenerator(quads))
     assert res.top(1)[0]["box"] == [0, 32, 32, 64]
-
-
-def _tiny_sam():
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(0)
-    dim = 32
-    return Sam(
-        image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=32, depth=1, num_heads=2,
-                                      out_chans=dim, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-                                      window_size=0, global_attn_indexes=()),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(4, 4), input_image_size=(64, 64),
-                                     mask_in_chans=4),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=dim,
-                                 mlp_dim=64, num_heads=2), transformer_dim=dim, iou_head_depth=1,
-                                 iou_head_hidden_dim=16),
-    ).eval()
 
 
 def test_locate_with_a_tiny_random_sam(model, tmp_path):
