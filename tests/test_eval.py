@@ -365,6 +365,13 @@ def test_refer_layout_and_rec_accuracy_hand_counted(tmp_path, rec_models):
     res_p = evaluate_rec(samples, RecScorer(rec_models[:1], views=["image"]), proposals=load_proposals(props),
                          progress=False)
     assert [res_p[s]["correct"] for s in ("val", "testA", "testB")] == [2, 1, 0]
+    # degenerate / outside proposals are dropped; an image with none left counts as wrong
+    props.write_text(json.dumps({"1": [[10, 10, 10, 20], [70, 0, 90, 10]] + shifted, "2": [[5, 5, 5, 5]]}))
+    res_d = evaluate_rec(samples, RecScorer(rec_models[:1], views=["image"]), proposals=load_proposals(props),
+                         progress=False)
+    assert [res_d[s]["correct"] for s in ("val", "testA", "testB")] == [2, 0, 0]
+    with pytest.raises(ValueError, match="proposals: no boxes for image 2"):
+        evaluate_rec(samples, RecScorer(rec_models[:1]), proposals={"1": np.array(shifted, float)}, progress=False)
 
 
 def test_rec_ensemble_is_the_mean_of_models_and_views(tmp_path, rec_models):

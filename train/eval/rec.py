@@ -337,8 +337,9 @@ def evaluate_rec(samples: Sequence[RecSample], scorer: RecScorer, iou_threshold:
     """Accuracy at IoU >= ``iou_threshold`` per split, counting every expression.
 
     Samples of the same image share one scoring pass. With ``proposals``, an image's candidates are its
-    proposal boxes (an image without proposals raises ValueError). ``state_path``: JSONL of finished images
-    (one line per image) so an interrupted run resumes.
+    proposal boxes (an image without proposals raises ValueError). Candidates are clipped to the image and
+    degenerate ones dropped; an image left without candidates counts its expressions as wrong.
+    ``state_path``: JSONL of finished images (one line per image) so an interrupted run resumes.
     Returns ``{split: {"n": expressions, "correct": .., "accuracy": percent}}``.
     """
     groups: "OrderedDict[Any, List[RecSample]]" = OrderedDict()
@@ -369,11 +370,21 @@ def evaluate_rec(samples: Sequence[RecSample], scorer: RecScorer, iou_threshold:
             image = Image.open(group[0].image).convert("RGB")
             sents = [t for s in group for t in s.sentences]
             owner = [s for s in group for _ in s.sentences]
-            scores = scorer.score(image, cands, sents)             # [S, N]
-            best = cands[scores.argmax(1).numpy()]
+            # candidates clipped to the image; degenerate ones (no pixel left) cannot be scored
+            cands = np.asarray(cands, dtype=np.float64).reshape(-1, 4).copy()
+            cands[:, 0::2] = cands[:, 0::2].clip(0, image.width)
+            cands[:, 1::2] = cands[:, 1::2].clip(0, image.height)
+            cands = cands[(cands[:, 2] > cands[:, 0]) & (cands[:, 3] > cands[:, 1])]
             hits = []
-            for b, s in zip(best, owner):
-                hits.append((s.split, bool(box_iou(b, s.target)[0, 0] >= iou_threshold)))
+            if len(cands) == 0 or not sents:
+                logger.warning("image %s: no usable candidate box; its %d expressions count as wrong",
+                               group[0].image_id, len(sents))
+                hits = [(s.split, False) for s in owner]
+            else:
+                scores = scorer.score(image, cands, sents)             # [S, N]
+                best = cands[scores.argmax(1).numpy()]
+                for b, s in zip(best, owner):
+                    hits.append((s.split, bool(box_iou(b, s.target)[0, 0] >= iou_threshold)))
             done[skey] = hits
             if fh is not None:
                 fh.write(json.dumps({"key": skey, "hits": hits}) + "\n")
