@@ -476,7 +476,11 @@ class PairedTransform:
             raise ValueError(f"masks {i} is empty (all zeros); pass masks=None for whole-image alpha")
         if self.mode == "crop":
             rows, cols = self._crop_window(h, w, m.device)
-            kept = (m * rows[:, None] * cols[None, :]).flatten(1).amax(1) > 0
+            r, c = rows.nonzero().flatten(), cols.nonzero().flatten()   # the window is one contiguous block
+            if r.numel() and c.numel():
+                kept = m[:, int(r[0]):int(r[-1]) + 1, int(c[0]):int(c[-1]) + 1].amax(dim=(1, 2)) > 0
+            else:
+                kept = torch.zeros(m.shape[0], dtype=torch.bool, device=m.device)
             if not kept.all():
                 i = int((~kept).nonzero()[0])
                 raise ValueError(f"mask {i} lies entirely outside the centre crop of the {w}x{h} (WxH) image; "

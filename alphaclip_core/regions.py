@@ -60,15 +60,18 @@ def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tens
     """Cosine similarity of every region of one image with every text: ``[K, L]`` in ``[-1, 1]``.
 
     Args:
-        image: ``[1, 3, S, S]`` the prepared image (shared by all regions; expanded, not copied).
+        image: ``[1, 3, S, S]`` the prepared image (shared by all regions; expanded, not copied), or
+            ``[K, 3, S, S]``, one image per region (e.g. per-region background-blurred copies).
         alpha: ``[K, 1, S, S]`` normalised alpha maps, one per region.
         text_features: ``[L, D]`` unit vectors (see :func:`text_classifier`).
         batch_size: regions per forward pass.
     """
-    if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"image: expected one prepared image [1,3,S,S], got {list(image.shape)}")
-    if alpha.dim() != 4 or alpha.shape[1] != 1 or alpha.shape[2:] != image.shape[2:]:
-        raise ValueError(f"alpha: expected [K,1,{image.shape[2]},{image.shape[3]}], got {list(alpha.shape)}")
+    if alpha.dim() != 4 or alpha.shape[1] != 1 or (image.dim() == 4 and alpha.shape[2:] != image.shape[2:]):
+        shape = f"{image.shape[2]},{image.shape[3]}" if image.dim() == 4 else "S,S"
+        raise ValueError(f"alpha: expected [K,1,{shape}], got {list(alpha.shape)}")
+    if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, alpha.shape[0]):
+        raise ValueError(f"image: expected one prepared image [1,3,S,S] or one per region [K={alpha.shape[0]},3,S,S], "
+                         f"got {list(image.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     device = next(model.parameters()).device
@@ -77,7 +80,8 @@ def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tens
     out = []
     for start in range(0, alpha.shape[0], batch_size):
         a = alpha[start:start + batch_size].to(device)
-        feats = model.encode_image(image.expand(a.shape[0], -1, -1, -1), a, normalize=True).float()
+        img = image.expand(a.shape[0], -1, -1, -1) if image.shape[0] == 1 else image[start:start + batch_size]
+        feats = model.encode_image(img, a, normalize=True).float()
         out.append(feats @ text_features.T)
     return torch.cat(out)
 
