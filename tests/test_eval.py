@@ -1,6 +1,6 @@
 """Evaluation: ImageNet-S zero-shot, referring expressions (refer layout, restricted unpickling), baselines.
 
-The model is the hand-wired tiny Alpha-CLIP of ``test_eval_kit``: its image feature is the mean colour
+The model is the hand-wired tiny Alpha-CLIP of ``eval_kit``: its image feature is the mean colour
 of the region the alpha selects and each text's feature is the colour it names, so the right answers
 are known in advance; the expected metrics below are counted by hand from the images' designs.
 """
@@ -27,7 +27,7 @@ from alphaclip_train.eval.imagenet_s import (ImageNetS, accuracy_report, decode_
                                              results_markdown)
 from alphaclip_train.eval.rec import (RecScorer, RestrictedUnpickler, box_iou, evaluate_rec, load_plain_json,
                                       load_proposals, load_refer, load_refs, rec_markdown, sam_box_masks)
-from test_eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tiny_sam, tokenizer
+from eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tiny_sam, tokenizer
 
 TEMPLATE = "a photo of a {}."
 NAMES = list(COLORS)                                      # red green blue yellow cyan magenta

@@ -10,7 +10,7 @@ from PIL import Image
 import alphaclip_integrations.open_clip as aoc
 from alphaclip_core.cli import main as alphaclip_main
 from alphaclip_train.eval.locate import auto_masks, locate, render
-from test_eval_kit import COLORS, build_color_clip, quadrants, tiny_sam as _tiny_sam, tokenizer
+from eval_kit import COLORS, build_color_clip, quadrants, tiny_sam as _tiny_sam, tokenizer
 
 BOXES = [[0, 0, 32, 32], [32, 0, 64, 32], [0, 32, 32, 64], [32, 32, 64, 64]]   # TL TR BL BR
 
