@@ -37,7 +37,7 @@ from .checkpoints import atomic_write
 from .regions import preprocess_params, score_regions, text_classifier
 
 __all__ = ["DETECTION_TEMPLATES", "RegionLogits", "AlphaCLIPRegionClassifier", "geometric_ensemble",
-           "expand_boxes", "save_text_classifier"]
+           "expand_boxes", "snap_boxes", "save_text_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,24 @@ def expand_boxes(boxes: torch.Tensor, ratio: float, height: int, width: int, min
     lo = torch.stack([(c[:, 0] - half[:, 0]).clamp(0, width), (c[:, 1] - half[:, 1]).clamp(0, height)], 1)
     hi = torch.stack([(c[:, 0] + half[:, 0]).clamp(0, width), (c[:, 1] + half[:, 1]).clamp(0, height)], 1)
     return torch.cat([lo, hi], dim=1)
+
+
+def snap_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Round xyxy boxes outwards to whole pixels inside the image, at least 1 pixel wide and high.
+
+    Detector proposals can be thinner than a pixel (and rasterise to an empty alpha); snapped boxes
+    always cover at least one pixel centre. ``[K, 4]`` float -> ``[K, 4]`` float.
+    """
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes: expected [K, 4] xyxy pixels, got {list(boxes.shape)}")
+    if height < 1 or width < 1:
+        raise ValueError(f"height / width: expected a non-empty image, got {height}x{width}")
+    b = boxes.float()
+    x0 = b[:, 0].floor().clamp(0, width - 1)
+    y0 = b[:, 1].floor().clamp(0, height - 1)
+    x1 = torch.maximum(b[:, 2].ceil().clamp(0, width), x0 + 1)
+    y1 = torch.maximum(b[:, 3].ceil().clamp(0, height), y0 + 1)
+    return torch.stack([x0, y0, x1, y1], dim=1)
 
 
 def save_text_classifier(path: Union[str, os.PathLike], weights: torch.Tensor) -> str:
@@ -200,17 +218,23 @@ class AlphaCLIPRegionClassifier:
 
     # --------------------------------------------------------------------------------------------
     def region_masks(self, height: int, width: int, boxes: Optional[torch.Tensor] = None,
-                     masks: Any = None) -> torch.Tensor:
-        """``[K, H, W]`` float masks: the given masks, else the rasterised boxes."""
+                     masks: Any = None, offset: int = 0) -> torch.Tensor:
+        """``[K, H, W]`` float masks: the given masks, else the rasterised boxes (``offset``: index of
+        the first region, for error messages)."""
         if masks is not None:
             m = to_masks(masks, height, width)
         elif boxes is not None:
-            m = boxes_to_masks(boxes, height, width)
+            try:
+                m = boxes_to_masks(boxes, height, width)
+            except ValueError as e:
+                if not offset:
+                    raise
+                raise ValueError(f"{e} (box indices counted from region {offset})") from None
         else:
             raise ValueError("boxes / masks: give the regions to classify ([K, 4] xyxy boxes or [K, H, W] masks)")
         empty = (m.flatten(1).amax(1) <= 0).nonzero().flatten()
         if len(empty):
-            raise ValueError(f"masks: region {int(empty[0])} is empty (all zeros)")
+            raise ValueError(f"masks: region {offset + int(empty[0])} is empty (all zeros)")
         return m
 
     @torch.no_grad()
@@ -222,6 +246,9 @@ class AlphaCLIPRegionClassifier:
             boxes: ``[K, 4]`` xyxy pixels in the image's frame.
             masks: ``[K, H, W]`` binary masks (take precedence over ``boxes`` as the alpha; boxes, when
                 also given, set the crops under ``expansion``).
+
+        Regions are rasterised ``batch_size`` at a time, so memory stays bounded for many regions of
+        a large image.
         """
         img = _image_to_tensor(image)
         if img.shape[0] != 1:
@@ -229,24 +256,39 @@ class AlphaCLIPRegionClassifier:
         h, w = img.shape[-2:]
         box_t = None
         if boxes is not None:
-            box_t = torch.as_tensor(np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes,
+            box_t = torch.as_tensor(np.asarray(boxes.detach().cpu() if isinstance(boxes, torch.Tensor) else boxes,
                                                dtype=np.float32))
             if box_t.dim() != 2 or box_t.shape[1] != 4:
                 raise ValueError(f"boxes: expected [K, 4] xyxy pixels, got {list(box_t.shape)}")
-        m = self.region_masks(h, w, box_t, masks)
-        if box_t is not None and box_t.shape[0] != m.shape[0]:
-            raise ValueError(f"boxes / masks: got {box_t.shape[0]} boxes but {m.shape[0]} masks")
-        if m.shape[0] == 0:
-            return torch.zeros(0, self.num_classes)
-        if self.expansion is None:
-            pixels, alpha = prepare(img, mask=m, mode=self.mode, **self._params)
-            return score_regions(self.model, pixels, alpha, self.text_features, self.batch_size).cpu()
-        if box_t is None:
-            box_t = _mask_boxes(m)
-        crops = expand_boxes(box_t, self.expansion, h, w, self.min_crop)
-        return self._score_crops(img, m, crops)
+        if masks is not None:
+            if isinstance(masks, (list, tuple)):
+                masks = to_masks(masks, h, w) if masks else torch.zeros(0, h, w)
+            if masks.ndim != 3:
+                raise ValueError(f"masks: expected [K, H, W], got shape {list(masks.shape)}")
+            count = masks.shape[0]
+            if box_t is not None and box_t.shape[0] != count:
+                raise ValueError(f"boxes / masks: got {box_t.shape[0]} boxes but {count} masks")
+        elif box_t is not None:
+            count = box_t.shape[0]
+        else:
+            raise ValueError("boxes / masks: give the regions to classify ([K, 4] xyxy boxes or [K, H, W] masks)")
+        out = [torch.zeros(0, self.num_classes)]
+        for start in range(0, count, self.batch_size):
+            end = min(start + self.batch_size, count)
+            chunk_boxes = None if box_t is None else box_t[start:end]
+            m = self.region_masks(h, w, chunk_boxes, None if masks is None else masks[start:end], offset=start)
+            if self.expansion is None:
+                pixels, alpha = prepare(img, mask=m, mode=self.mode, **self._params)
+                out.append(score_regions(self.model, pixels, alpha, self.text_features, self.batch_size).cpu())
+            else:
+                if chunk_boxes is None:
+                    chunk_boxes = _mask_boxes(m)
+                crops = expand_boxes(chunk_boxes, self.expansion, h, w, self.min_crop)
+                out.append(self._score_crops(img, m, crops, offset=start))
+        return torch.cat(out)
 
-    def _score_crops(self, img: torch.Tensor, masks: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+    def _score_crops(self, img: torch.Tensor, masks: torch.Tensor, crops: torch.Tensor, offset: int = 0
+                     ) -> torch.Tensor:
         """One crop per region (image + its mask cut to the crop), encoded in batches."""
         device = next(self.model.parameters()).device
         text = self.text_features.to(device)
@@ -266,7 +308,7 @@ class AlphaCLIPRegionClassifier:
             x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
             mk = masks[k, y0:y1, x0:x1]
             if not mk.any():
-                raise ValueError(f"boxes / masks: region {k} has no pixel inside its crop {crops[k].tolist()}")
+                raise ValueError(f"boxes / masks: region {offset + k} has no pixel inside its crop {crops[k].tolist()}")
             pixels, alpha = prepare(img[:, :, y0:y1, x0:x1], mask=mk, mode=self.mode, **self._params)
             pix_batch.append(pixels)
             alpha_batch.append(alpha)

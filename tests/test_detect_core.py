@@ -192,3 +192,23 @@ def test_save_text_classifier_writes_one_row_per_class(tmp_path, model):
     assert [p.name for p in (tmp_path / "zs").iterdir()] == ["weights.npy"]
     with pytest.raises(ValueError, match=r"weights: expected \[C, D\]"):
         save_text_classifier(tmp_path / "x.npy", torch.zeros(3))
+
+
+def test_regions_are_scored_in_chunks_with_the_same_result(model):
+    text = F.normalize(torch.randn(2, 32, generator=torch.Generator().manual_seed(2)), dim=-1)
+    image = torch.rand(3, 40, 60, generator=torch.Generator().manual_seed(3))
+    for expansion in (None, 1.2):
+        one = AlphaCLIPRegionClassifier(model, None, ["a", "b"], text_features=text, expansion=expansion)
+        two = AlphaCLIPRegionClassifier(model, None, ["a", "b"], text_features=text, expansion=expansion,
+                                        batch_size=2)
+        torch.testing.assert_close(two(image, boxes=BOXES).cosine, one(image, boxes=BOXES).cosine, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"box 0 .* is degenerate.*\(box indices counted from region 2\)"):
+        two(image, boxes=BOXES[:2] + [[9, 9, 9, 12]])
+
+
+def test_snap_boxes_by_hand():
+    from alphaclip_core.region_classifier import snap_boxes
+
+    boxes = torch.tensor([[10.2, 10.2, 10.6, 10.6], [-3.0, 2.5, 70.0, 39.1], [59.5, 39.5, 61.0, 45.0]])
+    torch.testing.assert_close(snap_boxes(boxes, 40, 60), torch.tensor(
+        [[10.0, 10.0, 11.0, 11.0], [0.0, 2.0, 60.0, 40.0], [59.0, 39.0, 60.0, 40.0]]))
