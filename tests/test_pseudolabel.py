@@ -190,6 +190,10 @@ def test_two_ranks_partition_and_resume(tmp_path, model, monkeypatch):
     assert len(seen) == 7
     pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", rank=1, world_size=2, **kw)
     assert len(seen) == 8 and json.loads(merged.read_text()) == json.loads(single.read_text())
+    # a different batch size (another GPU) does not change results: finished shards are reused
+    other = dict(kw, config=PseudoLabelConfig(shard_size=2, batch_size=3))
+    assert pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", **other) == merged
+    assert len(seen) == 8
     # shards of another configuration are refused
     other = dict(kw, config=PseudoLabelConfig(shard_size=2, score_threshold=0.5))
     with pytest.raises(ValueError, match="written by a run with another configuration"):

@@ -241,9 +241,13 @@ def load_candidates(path: PathLike, images: Sequence[Dict[str, Any]]) -> Dict[in
         raise ValueError(f"candidates: {path} must be a COCO results list or an object with 'annotations'")
     sizes = {im["id"]: (im["height"], im["width"]) for im in images}
     out: Dict[int, List[Candidate]] = {}
+    unknown = 0
     for i, c in enumerate(data):
         where = f"entry {i}"
+        if not isinstance(c, dict):
+            raise ValueError(f"candidates: {where} must be an object with 'image_id' and 'bbox'")
         if c.get("image_id") not in sizes:
+            unknown += 1
             continue
         h, w = sizes[c["image_id"]]
         bbox = c.get("bbox")
@@ -256,6 +260,8 @@ def load_candidates(path: PathLike, images: Sequence[Dict[str, Any]]) -> Dict[in
         score = c.get("score")
         out.setdefault(c["image_id"], []).append(Candidate([x, y, x + bw, y + bh], mask,
                                                            None if score is None else float(score)))
+    if unknown:
+        logger.warning("candidates: %d entries name images that are not in the dataset; ignored", unknown)
     return out
 
 
@@ -334,7 +340,8 @@ class PseudoLabeler:
 
 def _fingerprint(config: PseudoLabelConfig, images: Sequence[Dict[str, Any]], categories: Sequence[Dict[str, Any]],
                  tag: str) -> str:
-    blob = json.dumps({"config": asdict(config), "images": [im["id"] for im in images],
+    settings = {k: v for k, v in asdict(config).items() if k != "batch_size"}  # batch size does not change results
+    blob = json.dumps({"config": settings, "images": [im["id"] for im in images],
                        "categories": [c["id"] for c in categories], "tag": tag}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
