@@ -112,13 +112,16 @@ def main() -> int:
     result = {"benchmark": "pseudolabel_speed", "model": args.model, "device": args.device,
               "precision": args.precision, "machine": machine(args.device), "torch": torch.__version__,
               "image_size": [args.height, args.width], "classes": args.classes,
-              "text_tower_seconds": round(text_seconds, 3), "rows": rows}
+              "text_tower_seconds": round(text_seconds, 3), "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+              "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"pseudolabel_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Pseudo-labelling speed: {args.model}, {args.device}, {args.precision}", "",
              f"Machine: {result['machine']}; torch {torch.__version__}. Synthetic {args.width}x{args.height} images, "
              f"{args.regions} candidates each, {args.classes}-class vocabulary, random weights. The text tower "
-             f"runs once per vocabulary ({args.classes} classes x 8 prompts: {text_seconds:.1f} s), not in the rates.",
+             f"runs once per vocabulary ({args.classes} classes x 8 prompts: {text_seconds:.1f} s), not in the rates. "
+             f"Load average at the end: {os.getloadavg()[0]:.1f} (other jobs share the machine when it exceeds "
+             f"the core count).",
              "", "| regions | batch | images | images/s | regions/s |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['regions']} | {r['batch_size']} | {r['images']} | {r['images_per_s']} | "

@@ -249,3 +249,20 @@ def test_torchrun_two_processes(tmp_path, model):
     got["info"].pop("fingerprint"), want["info"].pop("fingerprint")  # the CLI's tag names the model
     assert got == want
     assert len(list((tmp_path / "dist" / "shards").iterdir())) == 3
+
+
+def test_proposer_instead_of_a_candidates_file(tmp_path, model):
+    files = write_dataset(tmp_path)
+    by_file = pl.load_candidates(files["candidates"], pl.load_dataset(files["dataset"])[0])
+    order = iter([100, 101, 102, 103])  # images are visited in id order
+    seen_sizes = []
+
+    def proposer(image):
+        seen_sizes.append(image.size)
+        return by_file.get(next(order), [])
+
+    kw = dict(text_features=text_features(model), progress=False)
+    a = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "a", proposer=proposer, **kw)
+    b = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "b", candidates=files["candidates"], **kw)
+    assert seen_sizes == [(W, H)] * 4
+    assert json.loads(a.read_text())["annotations"] == json.loads(b.read_text())["annotations"]
