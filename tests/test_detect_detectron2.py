@@ -207,3 +207,15 @@ def test_dump_zeroshot_classifier(tmp_path, alpha_file):
     assert ad2.main(["--vocabulary", "cat,dog,bird", "-o", str(tmp_path / "cli.npy"), "--template",
                      "a photo of a {}.", "--model", "alpha-ViT-Tiny-8", "--checkpoint", str(alpha_file)]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "cli.npy"), arr, atol=1e-6)
+
+
+def test_rescore_instances_with_no_detections(alpha_file):
+    from detectron2.structures import Instances
+
+    model = build_model(tiny_cfg(alpha_file, "AlphaCLIPCascadeROIHeads")).eval()
+    _, inputs = image_input()
+    images = model.preprocess_image(inputs)
+    empty = Instances((48, 80), pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
+                      pred_classes=torch.zeros(0, dtype=torch.long))
+    (out,) = model.roi_heads.alpha_clip.rescore_instances(images, [empty])
+    assert len(out) == 0 and out.scores.shape == (0,) and out.clip_scores.shape == (0,)
