@@ -143,7 +143,7 @@ def test_run_writes_coco_json_that_pycocotools_reads(tmp_path, model):
 
     files = write_dataset(tmp_path)
     out = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "out", candidates=files["candidates"],
-                 text_features=text_features(model), rank=0, world_size=1, progress=False)
+                 text_features=text_features(model), rank=0, world_size=1, progress=False, overlays=2)
     assert out == tmp_path / "out" / "pseudo_labels.json"
     coco = COCO(str(out))
     assert sorted(coco.getImgIds()) == [100, 101, 102, 103]
@@ -163,6 +163,11 @@ def test_run_writes_coco_json_that_pycocotools_reads(tmp_path, model):
     assert data["images"][0]["neg_category_ids"] == [] and data["images"][0]["pos_category_ids"] == [3]
     assert data["info"]["stats"] == {"images": 4, "images_without_candidates": 1, "regions_scored": 9,
                                      "annotations": 4}
+    # overlays of the first two labelled images: the picked region is tinted, the rest stays grey
+    assert sorted(p.name for p in (tmp_path / "out" / "overlays").iterdir()) == ["100.png", "101.png"]
+    picture = np.asarray(Image.open(tmp_path / "out" / "overlays" / "100.png"))
+    assert picture.shape == (H, W, 3)
+    assert tuple(picture[14, 14]) != (128, 128, 128) and tuple(picture[35, 55]) == (128, 128, 128)
 
 
 def test_two_ranks_partition_and_resume(tmp_path, model, monkeypatch):

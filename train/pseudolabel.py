@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from alphaclip_core.alpha import polygons_to_masks, rle_decode, rle_encode
+from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, rle_encode
 from alphaclip_core.checkpoints import atomic_write
 from alphaclip_core.region_classifier import DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, geometric_ensemble
 
@@ -402,6 +402,24 @@ def merge_shards(out_dir: PathLike, images: Sequence[Dict[str, Any]], categories
     return path
 
 
+def _save_overlay(path: Path, image: Image.Image, anns: Sequence[Dict[str, Any]],
+                  categories: Sequence[Dict[str, Any]]) -> None:
+    """The kept regions drawn over the image (mask if written, else box), captioned 'class score'."""
+    from alphaclip_core.viz import overlay_regions
+
+    names = {c["id"]: _class_name(c) for c in categories}
+    masks = []
+    for a in anns:
+        if a.get("segmentation") is not None:
+            masks.append(rle_decode(a["segmentation"]).astype(np.float32))
+        else:
+            x, y, w, h = a["bbox"]
+            masks.append(boxes_to_masks([x, y, x + w, y + h], image.height, image.width)[0].numpy())
+    captions = [f"{names[a['category_id']]} {a['score']:.2f}" for a in anns]
+    picture = overlay_regions(image, np.stack(masks), captions)
+    atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
 def _default_loader(image_root: Path) -> Callable[[Dict[str, Any]], Image.Image]:
     def load(im: Dict[str, Any]) -> Image.Image:
         path = image_root / im["file_name"]
@@ -421,7 +439,7 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         proposer: Optional[Callable[[Image.Image], List[Candidate]]] = None,
         config: Optional[PseudoLabelConfig] = None, text_features: Optional[torch.Tensor] = None,
         rank: Optional[int] = None, world_size: Optional[int] = None, tag: str = "",
-        progress: bool = True) -> Optional[Path]:
+        progress: bool = True, overlays: int = 0) -> Optional[Path]:
     """Pseudo-label this rank's shards of ``dataset``; merge when every shard is done.
 
     Args:
@@ -432,6 +450,8 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
             (e.g. SAM's generator through :func:`candidates_from_sam`). Exactly one is needed.
         rank, world_size: default to ``$RANK`` / ``$WORLD_SIZE`` (torchrun), else 0 / 1.
         tag: names the model in the resume fingerprint (a rerun with another tag refuses old shards).
+        overlays: draw the kept regions of the first ``overlays`` images this call labels into
+            ``out_dir/overlays/<image id>.png`` (for a look at what the labeller picks).
     Returns:
         the merged JSON's path if this call completed the last shard (or found all done), else None.
     """
@@ -463,8 +483,11 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
                 stats["images"] += 1
                 stats["images_without_candidates"] += not regions
                 stats["regions_scored"] += len(regions) if labels[im["id"]] else 0
-                for ann in labeler.label_image(img, labels[im["id"]], regions):
-                    anns.append({"image_id": im["id"], **ann})
+                kept = labeler.label_image(img, labels[im["id"]], regions)
+                anns.extend({"image_id": im["id"], **ann} for ann in kept)
+                if overlays > 0 and kept:
+                    overlays -= 1
+                    _save_overlay(out_dir / "overlays" / f"{im['id']}.png", img, kept, labeler.categories)
                 bar.update(1)
             stats["annotations"] = len(anns)
             _write_json(_shard_path(out_dir, i, len(ranges)), {
@@ -499,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-masks", action="store_true", help="do not write segmentation RLE")
     p.add_argument("--shard-size", type=int, default=defaults.shard_size)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--overlays", type=int, default=0, help="draw the picks of the first N images (per rank) "
+                                                             "into OUT_DIR/overlays/")
     add_model_arguments(p)
     return p
 
@@ -522,7 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with_masks=not args.no_masks, shard_size=args.shard_size)
     tag = f"{args.model}|{args.checkpoint}|{args.text_features}"
     path = run(model, tokenizer, args.dataset, args.image_root, args.out_dir, candidates=args.candidates,
-               config=config, text_features=text_features, tag=tag, progress=not args.no_progress)
+               config=config, text_features=text_features, tag=tag, progress=not args.no_progress,
+               overlays=args.overlays)
     if path is not None:
         print(path)
     return 0
