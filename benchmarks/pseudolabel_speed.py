@@ -133,7 +133,8 @@ def main() -> int:
               "precision": args.precision, "machine": machine(args.device), "torch": torch.__version__,
               "image_size": [args.height, args.width], "classes": args.classes,
               "text_tower": None if text_seconds is None else {"classes": args.text_classes, "prompts": 8,
-                                                               "seconds": round(text_seconds, 3)}, "load_average_1min_at_end": round(os.getloadavg()[0], 2),
+                                                               "seconds": round(text_seconds, 3)},
+              "load_average_1min_at_end": round(os.getloadavg()[0], 2),
               "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"pseudolabel_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")

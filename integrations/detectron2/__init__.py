@@ -92,7 +92,8 @@ def config_path(name: str = "alphaclip_rescore.yaml") -> str:
     """The path of a config shipped in ``alphaclip_integrations/detectron2/configs/``."""
     path = CONFIG_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"name: no config {name!r}; shipped: {sorted(p.name for p in CONFIG_DIR.glob('*.yaml'))}")
+        shipped = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"name: no config {name!r}; shipped: {shipped}")
     return str(path)
 
 
@@ -369,10 +370,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from alphaclip_core.cli import add_model_arguments, load_model
 
     p = argparse.ArgumentParser(prog="python -m alphaclip_integrations.detectron2",
-                                description="Dump Detic-style zero-shot classifier weights from the Alpha-CLIP text tower.")
+                                description="Dump Detic-style zero-shot classifier weights from the "
+                                            "Alpha-CLIP text tower.")
     p.add_argument("--vocabulary", required=True, help=".txt (one name a line), .json (list or COCO/LVIS), or a,b,c")
     p.add_argument("--output", "-o", required=True, help="output .npy ([C, D] float32)")
-    p.add_argument("--template", action="append", help="prompt template with {} (repeatable; default: a detection ensemble)")
+    p.add_argument("--template", action="append",
+                   help="prompt template with {} (repeatable; default: a detection ensemble)")
     add_model_arguments(p)
     args = p.parse_args(argv)
     model, tokenizer = load_model(args)
