@@ -119,3 +119,33 @@ def test_bad_arguments_are_named(tmp_path, alpha_clip):
         MODELS.build(dict(type="AlphaCLIPViT", arch="alpha-ViT-Tiny-8", checkpoint=str(tmp_path / "visual.pth")))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         MODELS.build(dict(type="AlphaCLIPViT", arch=ARCH, checkpoint=str(tmp_path / "missing.pth")))
+
+
+def test_any_input_size_interpolates_the_positional_embedding(alpha_clip):
+    randomize_alpha_conv(alpha_clip, seed=6, scale=1.0)
+    sd = {k[len("visual."):]: v for k, v in alpha_clip.state_dict().items() if k.startswith("visual.")}
+    feat = MODELS.build(dict(type="AlphaCLIPViT", arch=ARCH, out_indices=(0, 1), final_norm=True)).eval()
+    emb = MODELS.build(dict(type="AlphaCLIPViT", arch=ARCH, out_type="embedding")).eval()
+    for m in (feat, emb):
+        m.visual.load_state_dict(sd)
+    x, alpha = inputs()
+    with torch.no_grad():
+        # the any-size path at the native size computes exactly what the core tower computes
+        for a, b in zip(feat._forward_any_size(x, alpha), feat(x, alpha)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(emb._forward_any_size(x, alpha)[0], alpha_clip.encode_image(x, alpha),
+                                   atol=1e-5, rtol=0)
+        big = torch.randn(2, 3, 48, 40)
+        mask = torch.zeros(2, 1, 48, 40)
+        mask[:, :, 8:30, 8:24] = 1
+        maps = feat(big, normalize_alpha(mask))
+        whole = feat(big)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 6, 5), (2, 64, 6, 5)]
+    assert not torch.allclose(maps[1], whole[1], atol=1e-3)
+    # interpolation: the native grid is returned as is, and a constant grid stays constant
+    assert feat.positional_embedding(4, 4) is feat.visual.positional_embedding
+    with torch.no_grad():
+        feat.visual.positional_embedding[1:] = 0.25
+    torch.testing.assert_close(feat.positional_embedding(6, 5)[1:], torch.full((30, 64), 0.25), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"x: height and width must be multiples of the patch size 8"):
+        feat(torch.randn(1, 3, 30, 32))

@@ -11,7 +11,8 @@ mmdet / mmseg / mmpretrain registries fall back to. A config builds it with::
 ``forward(x, alpha=None)`` returns a tuple (mm* backbone convention): feature maps
 ``[B, width, H/patch, W/patch]`` at ``out_indices`` (``out_type="featmap"``), or the projected CLIP
 embedding ``[B, embed_dim]`` (``out_type="embedding"``). ``alpha=None`` is the whole image, so a
-detector that calls ``backbone(img)`` gets plain whole-image features.
+detector that calls ``backbone(img)`` gets plain whole-image features. Inputs of another size than
+the tower's (multiples of the patch size) get a bicubically interpolated positional embedding.
 """
 from __future__ import annotations
 
@@ -131,11 +132,52 @@ class AlphaCLIPViT(BaseModule):
     def forward(self, x: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ...]:
         """Args: ``x`` ``[B, 3, H, W]`` CLIP-normalised; ``alpha`` ``[B, 1, H, W]`` normalised (None = whole image).
 
+        ``H`` and ``W`` must be multiples of the patch size; at other sizes than the tower's own the
+        positional embedding is interpolated (bicubic), as detection backbones need.
         Returns a tuple: ``len(out_indices)`` maps ``[B, width, H/patch, W/patch]`` (featmap) or one
         ``[B, embed_dim]`` embedding.
         """
+        v = self.visual
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"x: expected [B, 3, H, W] images, got {list(x.shape)}")
+        if tuple(x.shape[-2:]) != tuple(v.image_size):
+            return self._forward_any_size(x, alpha)
         if self.out_type == "embedding":
-            return (self.visual(x, alpha),)
-        out = self.visual.forward_intermediates(x, alpha, indices=self.out_indices, intermediates_only=True,
-                                                normalize_intermediates=self.final_norm, output_fmt="NCHW")
+            return (v(x, alpha),)
+        out = v.forward_intermediates(x, alpha, indices=self.out_indices, intermediates_only=True,
+                                      normalize_intermediates=self.final_norm, output_fmt="NCHW")
         return tuple(out["image_intermediates"])
+
+    def positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """``[1 + grid_h * grid_w, width]``: the class position + the patch grid resized (bicubic) to
+        ``grid_h x grid_w``."""
+        v = self.visual
+        pos = v.positional_embedding
+        g0h, g0w = v.grid_size
+        if (grid_h, grid_w) == (g0h, g0w):
+            return pos
+        grid = pos[1:].reshape(1, g0h, g0w, -1).permute(0, 3, 1, 2).float()
+        grid = torch.nn.functional.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)])
+
+    def _forward_any_size(self, x: torch.Tensor, alpha: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        v = self.visual
+        ph, pw = v.patch_size
+        if x.shape[-2] % ph or x.shape[-1] % pw:
+            raise ValueError(f"x: height and width must be multiples of the patch size {ph}, got {list(x.shape[-2:])}")
+        gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
+        x = x.to(dtype=v.conv1.weight.dtype)
+        t = v.conv1(x) + v.embed_alpha(x, alpha)          # the alpha is added to the patch embedding
+        t = t.reshape(t.shape[0], t.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(t.dtype).view(1, 1, -1).expand(t.shape[0], -1, -1)
+        t = torch.cat([cls, t], dim=1) + self.positional_embedding(gh, gw).to(t.dtype)
+        t = v.ln_pre(v.patch_dropout(t))
+        t, intermediates = v.transformer.forward_intermediates(t, indices=self.out_indices)
+        if self.out_type == "embedding":
+            pooled, _ = v._pool(t)
+            return (pooled @ v.proj if v.proj is not None else pooled,)
+        maps = []
+        for y in intermediates:
+            y = v.ln_post(y) if self.final_norm else y
+            maps.append(y[:, 1:].reshape(y.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous())
+        return tuple(maps)
