@@ -134,9 +134,7 @@ def vocabulary_embeddings(model: torch.nn.Module, tokenizer: Callable, vocabular
     bounded (about ``texts_per_batch`` prompts per text-tower pass)."""
     if isinstance(vocabulary, str) or not vocabulary:
         raise ValueError("vocabulary: expected a non-empty sequence of class names")
-    step = max(1, texts_per_batch // max(1, len(templates)))
-    return torch.cat([text_classifier(model, tokenizer, vocabulary[i:i + step], templates)
-                      for i in range(0, len(vocabulary), step)])
+    return text_classifier(model, tokenizer, vocabulary, templates, texts_per_batch=texts_per_batch)
 
 
 def save_text_classifier(path: Union[str, os.PathLike], weights: torch.Tensor) -> str:

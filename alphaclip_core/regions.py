@@ -36,22 +36,30 @@ def preprocess_params(model: torch.nn.Module) -> dict:
 
 @torch.no_grad()
 def text_classifier(model: torch.nn.Module, tokenizer: Callable, labels: Sequence[str],
-                    templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+                    templates: Sequence[str] = DEFAULT_TEMPLATES, texts_per_batch: int = 256) -> torch.Tensor:
     """Zero-shot classifier weights: ``[L, D]`` unit vectors, the mean over templates of each label.
 
     Args:
         tokenizer: open_clip-style, ``tokenizer(list_of_str) -> LongTensor [N, context]``.
         templates: format strings with one ``{}`` for the label.
+        texts_per_batch: prompts per text-tower pass (memory stays bounded for large vocabularies,
+            e.g. LVIS's 1203 classes x 8 prompts).
     """
-    if not labels:
-        raise ValueError("labels: expected at least one label")
+    if isinstance(labels, str) or not labels:
+        raise ValueError("labels: expected a non-empty sequence of label strings")
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"templates: each template needs one '{{}}' for the label, got {list(templates)}")
+    if texts_per_batch < 1:
+        raise ValueError(f"texts_per_batch: expected >= 1, got {texts_per_batch}")
     device = next(model.parameters()).device
-    texts = [t.format(label) for label in labels for t in templates]
-    feats = model.encode_text(tokenizer(texts).to(device), normalize=True).float()
-    feats = feats.view(len(labels), len(templates), -1).mean(dim=1)
-    return F.normalize(feats, dim=-1)
+    step = max(1, texts_per_batch // len(templates))
+    rows = []
+    for start in range(0, len(labels), step):
+        chunk = labels[start:start + step]
+        texts = [t.format(label) for label in chunk for t in templates]
+        feats = model.encode_text(tokenizer(texts).to(device), normalize=True).float()
+        rows.append(F.normalize(feats.view(len(chunk), len(templates), -1).mean(dim=1), dim=-1))
+    return torch.cat(rows)
 
 
 @torch.no_grad()
