@@ -166,12 +166,11 @@ def iter_webdataset(path: PathLike) -> Iterator[Tuple[str, Dict[str, bytes]]]:
                 continue
             name = Path(member.name).name
             k, _, ext = name.partition(".")
-            data = tar.extractfile(member).read()
             if k != key and key is not None:
-                yield key, parts
+                yield key, parts          # the previous sample is complete before this member is read
                 parts = {}
             key = k
-            parts[ext.lower()] = data
+            parts[ext.lower()] = tar.extractfile(member).read()
     if key is not None:
         yield key, parts
 
@@ -299,7 +298,8 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
         stats = ShardStats()
         with ShardWriter(shard) as writer:
             process(i, lambda data, record, ext="jpg": writer.write(data, record, ext), stats)
-        write_json_atomic(stats_path(shard), {"shard": names[i], "stats": stats.to_json(), "config": config})
+        write_json_atomic(stats_path(shard), {"shard": names[i], "rank": rank, "world": world,
+                                                 "stats": stats.to_json(), "config": config})
         logger.info("rank %d: wrote %s (%d images, %d regions)", rank, shard, stats.images, stats.regions)
     _barrier(world)
     summary = read_summary(output_dir, names, config, pipeline)
