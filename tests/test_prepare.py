@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -86,6 +87,8 @@ def test_parse_grit_regions_boxes_and_drops():
     assert both[-1] == ("brown", [6.4, 4.8, 32.0, 43.2])
     small, dropped = parse_grit_regions({"ref_exps": [[0, 3, 0.0, 0.0, 0.02, 0.5, 1]]}, CAPTION, 64, 48)
     assert small == [] and dropped == Counter(degenerate_box=1)   # 1.28 px wide < min_box_size 2
+    flat, dropped = parse_grit_regions({"ref_exps": [FLAT]}, CAPTION, 64, 48, min_box_size=0)
+    assert flat == [] and dropped == Counter(degenerate_box=1)    # zero width is degenerate at any min_box_size
     with pytest.raises(ValueError, match="spans: expected names from"):
         parse_grit_regions(meta, CAPTION, 64, 48, spans=("boxes",))
 
@@ -199,7 +202,7 @@ def _predictor(sam, kill_at=None):
     return Predictor(sam)
 
 
-def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam):
+def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam, caplog):
     _grit_inputs(tmp_path / "in", n_shards=3, per_shard=2)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -217,6 +220,12 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam):
     assert summary["complete"] and summary["images"] == 6 and summary["regions"] == 12
     assert [k for k, _, _ in iter_shard(out / "00002.tar")] == ["002000", "002001"]
     assert not (out / ".00001.tar.partial").exists() and check_shards([out]).ok
+
+    with caplog.at_level(logging.WARNING, logger="alphaclip.prepare"):
+        again = prepare_grounding([tmp_path / "in"], out, counting, spans=("noun_chunks",), progress=False)
+    assert counting.calls == 4 and {k: v for k, v in again.items() if k != "config"} == {
+        k: v for k, v in summary.items() if k != "config"}                 # everything finished: nothing redone
+    assert "finished shards were made with other settings (spans)" in caplog.text
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

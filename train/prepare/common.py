@@ -106,15 +106,20 @@ def resolve_device(device: Optional[str] = "auto") -> str:
     return f"cuda:{dist_env()[2]}" if torch.cuda.is_available() else "cpu"
 
 
-def _barrier(world: int) -> None:
-    """Wait for all ranks (gloo process group, created here under torchrun when none exists)."""
+def _barrier(world: int) -> bool:
+    """Wait for all ranks (gloo process group, created here under torchrun when none exists).
+
+    Returns True when this call created the process group (the caller destroys it when done).
+    """
     if world <= 1:
-        return
+        return False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group("gloo")
     dist.barrier()
+    return created
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,6 +298,13 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
     todo = [i for i in mine if not (stats_path(output_dir / names[i]).is_file() and (output_dir / names[i]).is_file())]
     if len(todo) < len(mine):
         logger.info("rank %d: %d of %d shards already finished, skipped", rank, len(mine) - len(todo), len(mine))
+        done = [i for i in mine if i not in set(todo)]
+        old = json.loads(stats_path(output_dir / names[done[0]]).read_text()).get("config")
+        if config is not None and old != config:
+            logger.warning("rank %d: finished shards were made with other settings (%s): the output will mix them; "
+                           "use a new output folder to start over", rank,
+                           ", ".join(k for k in sorted(set(config) | set(old or {}))
+                                     if config.get(k) != (old or {}).get(k)))
     for i in tqdm(todo, desc=f"{pipeline} rank {rank}", unit="shard", disable=not progress):
         shard = output_dir / names[i]
         stats = ShardStats()
@@ -301,10 +313,14 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
         write_json_atomic(stats_path(shard), {"shard": names[i], "rank": rank, "world": world,
                                                  "stats": stats.to_json(), "config": config})
         logger.info("rank %d: wrote %s (%d images, %d regions)", rank, shard, stats.images, stats.regions)
-    _barrier(world)
+    created = _barrier(world)
     summary = read_summary(output_dir, names, config, pipeline)
     if rank == 0:
         write_json_atomic(output_dir / SUMMARY_NAME, summary)
+    if created:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return summary
 
 

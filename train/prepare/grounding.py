@@ -86,7 +86,7 @@ def parse_grit_regions(meta: Dict[str, Any], caption: str, width: int, height: i
             box = [min(max(x0, 0.0), 1.0) * width, min(max(y0, 0.0), 1.0) * height,
                    min(max(x1, 0.0), 1.0) * width, min(max(y1, 0.0), 1.0) * height]
             box = [round(v, 2) for v in box]
-            if box[2] - box[0] < min_box_size or box[3] - box[1] < min_box_size:
+            if min(box[2] - box[0], box[3] - box[1]) < max(min_box_size, 1e-6):
                 dropped["degenerate_box"] += 1
                 continue
             ident = (phrase, tuple(box))
