@@ -168,6 +168,14 @@ def test_grounding_pipeline_records_masks_and_counts(tmp_path, sam):
     assert [r["phrase"] for r in samples[0][2]["regions"]] == ["a brown dog", "a red sofa"]
     assert samples[1][2]["regions"][0]["box"] == [5.0, 7.0, 25.0, 63.0]   # DOG on a 50x70 image
 
+    write_webdataset(tmp_path / "other" / "00000.tar", good[:1])
+    with pytest.raises(ValueError, match=r"inputs: input shards must have distinct file names .* \['00000.tar'\]"):
+        prepare_grounding([tmp_path / "in", tmp_path / "other"], tmp_path / "out2", sam)
+    with pytest.raises(FileNotFoundError, match="inputs: .*nowhere is neither a file nor a folder"):
+        prepare_grounding([tmp_path / "nowhere"], tmp_path / "out2", sam)
+    with pytest.raises(ValueError, match=r"inputs: no input shards \(\*.tar\) found"):
+        prepare_grounding([(tmp_path / "empty").mkdir() or tmp_path / "empty"], tmp_path / "out3", sam)
+
 
 def test_truncated_input_shard_keeps_what_is_readable(tmp_path, sam):
     path = write_webdataset(tmp_path / "in" / "00000.tar", [_grit(f"{j:06d}", j) for j in range(3)])
@@ -425,6 +433,12 @@ def test_cli_prepare_check_show(tmp_path, sam, capsys):
         "bad.tar/000000: region 0: mask size [48, 64] != image [48, 65]",
         "bad.tar/000000: region 1: mask size [48, 64] != image [48, 65]",
         "bad.tar/000000: image is 64x48 but the record says 65x48"]
+
+    (tmp_path / "junk.tar").write_bytes(b"not a tar at all" * 40)
+    assert main(["data", "check", str(tmp_path / "junk.tar"), str(tmp_path / "out" / "00000.tar")]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("shards 2  samples 2  regions 4 (masks 4, box only 0)  problems 1")
+    assert "junk.tar: unreadable shard" in out
 
     png = tmp_path / "show.png"
     assert main(["data", "show", str(tmp_path / "out" / "00000.tar"), "000000", "-o", str(png)]) == 0

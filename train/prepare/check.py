@@ -58,7 +58,7 @@ def check_shards(paths: Sequence[Union[str, os.PathLike]], max_problems: int = 2
         if len(report.problems) < max_problems:
             report.problems.append(text)
 
-    for path in expand_inputs(paths):
+    for path in expand_inputs(paths, unique_names=False):
         report.shards += 1
         seen = set()
         try:

@@ -137,8 +137,11 @@ def write_json_atomic(path: PathLike, obj: Any) -> Path:
     return path
 
 
-def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar") -> List[Path]:
-    """Files as given, folders expanded to their sorted ``pattern`` matches; output names must be unique."""
+def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar", unique_names: bool = True) -> List[Path]:
+    """Files as given, folders expanded to their sorted ``pattern`` matches.
+
+    With ``unique_names`` (input shards: output shards reuse their names) repeated file names are an error.
+    """
     out: List[Path] = []
     for item in inputs:
         p = Path(item)
@@ -148,7 +151,7 @@ def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar") -> List[Pa
             out.append(p)
         else:
             raise FileNotFoundError(f"inputs: {p} is neither a file nor a folder")
-    names = Counter(p.name for p in out)
+    names = Counter(p.name for p in out) if unique_names else Counter()
     dup = [n for n, c in names.items() if c > 1]
     if dup:
         raise ValueError(f"inputs: input shards must have distinct file names (output shards reuse them), "
