@@ -279,6 +279,43 @@ def captioner_dir(tmp_path_factory):
     return folder
 
 
+def test_captioner_runs_a_blip2_folder_and_strips_its_prompt(tmp_path):
+    """The default captioner family (BLIP-2 + OPT), tiny and random, loaded by path like a hub model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                              OPTConfig, PreTrainedTokenizerFast)
+
+    from alphaclip_train.prepare import Captioner
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", "<image>", "a", "dog", "cat", "photo", "of"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", bos_token="</s>",
+                                  unk_token="<unk>", additional_special_tokens=["<image>"])
+    small = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    cfg = Blip2Config(vision_config=dict(small, image_size=32, patch_size=8),
+                      qformer_config=dict(small, encoder_hidden_size=32, vocab_size=30),
+                      text_config=OPTConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1,
+                                            num_attention_heads=2, ffn_dim=64, max_position_embeddings=64,
+                                            word_embed_proj_dim=32, bos_token_id=1, eos_token_id=1,
+                                            pad_token_id=0).to_dict(),
+                      num_query_tokens=4, image_token_index=3)
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(cfg)
+    with torch.no_grad():       # make the random LM say "dog": constant final hidden state, one lm_head row
+        norm = model.language_model.model.decoder.final_layer_norm
+        norm.weight.zero_()
+        norm.bias.fill_(1.0)
+        model.language_model.lm_head.weight.zero_()
+        model.language_model.lm_head.weight[vocab["dog"]] = 1.0
+    model.save_pretrained(tmp_path)
+    Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
+                   num_query_tokens=4).save_pretrained(tmp_path)
+    crops = [Image.new("RGB", (30, 20)), Image.new("RGB", (12, 40), (200, 0, 0))]
+    assert Captioner(str(tmp_path), max_new_tokens=2)(crops) == ["dog dog"] * 2
+    assert Captioner(str(tmp_path), max_new_tokens=2, prompt="a photo of", batch_size=1)(crops) == ["dog dog"] * 2
+
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("imagenet")
