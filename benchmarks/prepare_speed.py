@@ -40,7 +40,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from alphaclip_train.prepare import prepare_grounding, write_webdataset
-from alphaclip_train.prepare.sam import predict_boxes
+from alphaclip_train.sam import predict_boxes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("benchmarks.prepare_speed")

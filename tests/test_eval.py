@@ -393,7 +393,7 @@ def test_rec_ensemble_is_the_mean_of_models_and_views(tmp_path, rec_models):
 
 
 def test_sam_box_masks_per_candidate(tmp_path, rec_models):
-    from alphaclip_train.eval.sam import box_predictor
+    from alphaclip_train.sam import box_predictor
 
     predictor = box_predictor(tiny_sam())
     calls = []

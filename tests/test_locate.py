@@ -75,7 +75,7 @@ def test_auto_masks_order_and_filtering(model):
 
 
 def test_locate_with_a_tiny_random_sam(model, tmp_path):
-    from alphaclip_train.eval.sam import automatic_mask_generator, build_sam
+    from alphaclip_train.sam import automatic_mask_generator, load_sam
 
     sam = _tiny_sam()
     gen = automatic_mask_generator(sam, points_per_side=4, pred_iou_thresh=-1e9, stability_score_thresh=0.0,
@@ -88,7 +88,7 @@ def test_locate_with_a_tiny_random_sam(model, tmp_path):
     assert sorted(int(m.sum()) for m in res.masks) == sorted(int(m.sum()) for m in found)
     # SAM weights are read safely; a wrong type is named
     with pytest.raises(ValueError, match="sam_type: expected one of"):
-        build_sam("vit_x", "sam.pth")
+        load_sam("vit_x", "sam.pth")
 
 
 def test_locate_cli(model, tmp_path, capsys):
@@ -108,10 +108,10 @@ def test_locate_cli(model, tmp_path, capsys):
 
 
 def test_locate_cli_with_sam_automatic_masks(model, tmp_path, capsys, monkeypatch):
-    import alphaclip_train.eval.sam as sam_mod
+    import alphaclip_train.sam as sam_mod
 
     built = []
-    monkeypatch.setattr(sam_mod, "build_sam", lambda t, c, d: built.append((t, c, d)) or _tiny_sam())
+    monkeypatch.setattr(sam_mod, "load_sam", lambda t, c, d: built.append((t, c, d)) or _tiny_sam())
     aoc.save_pretrained(model, tmp_path / "m")
     img = tmp_path / "quads.png"
     Image.fromarray(quadrants("red", "green", "blue", "yellow")).save(img)

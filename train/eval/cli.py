@@ -67,10 +67,10 @@ def _cmd_locate(args: argparse.Namespace) -> int:
     if masks is None and boxes is None:
         if not args.sam_checkpoint:
             raise SystemExit("error: give --box/--mask regions or --sam-checkpoint for SAM's automatic masks")
-        from .sam import automatic_mask_generator, build_sam
+        from .. import sam as sam_lib
 
-        sam = build_sam(args.sam_type, args.sam_checkpoint, args.device)
-        generator = automatic_mask_generator(sam, points_per_side=args.points_per_side,
+        sam = sam_lib.load_sam(args.sam_type, args.sam_checkpoint, args.device)
+        generator = sam_lib.automatic_mask_generator(sam, points_per_side=args.points_per_side,
                                              pred_iou_thresh=args.pred_iou_thresh,
                                              stability_score_thresh=args.stability_score_thresh)
     model, tokenizer = load_model(args)
@@ -198,9 +198,9 @@ def run_rec(args: argparse.Namespace) -> int:
     models = [load_model(args)] + [_ensemble_member(s, args.device) for s in args.ensemble]
     mask_fn = None
     if args.sam_checkpoint:
-        from .sam import box_predictor, build_sam
+        from .. import sam as sam_lib
 
-        mask_fn = sam_box_masks(box_predictor(build_sam(args.sam_type, args.sam_checkpoint, args.device)))
+        mask_fn = sam_box_masks(sam_lib.box_predictor(sam_lib.load_sam(args.sam_type, args.sam_checkpoint, args.device)))
     scorer = RecScorer(models, views=args.views, mask_fn=mask_fn, blur_radius=args.blur_radius)
     proposals = load_proposals(args.proposals) if args.proposals else None
     out = Path(args.out)

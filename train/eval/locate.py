@@ -94,7 +94,7 @@ def locate(model: torch.nn.Module, tokenizer: Callable, image: Image.Image, phra
         phrase: what to look for, e.g. ``"the red umbrella"``; formatted into ``template``.
         masks / boxes: candidate regions (``[K, H, W]`` masks; ``[K, 4]`` xyxy pixel boxes); both may be given.
         mask_generator: used when neither masks nor boxes are given: a SAM automatic mask generator
-            (see :func:`alphaclip_train.eval.sam.automatic_mask_generator`).
+            (see :func:`alphaclip_train.sam.automatic_mask_generator`).
         batch_size: regions per forward pass.
         mode: the paired transform's geometry (default ``pad``: no region is cut off).
     Returns:

@@ -316,13 +316,11 @@ def sam_box_masks(predictor: Any) -> MaskFn:
     """A ``mask_fn`` for :class:`RecScorer` from a ``segment_anything.SamPredictor``: one single-mask SAM
     prediction per box prompt (the image embedded once). An empty SAM mask falls back to the box."""
 
+    from ..sam import predict_boxes
+
     def fn(image: Image.Image, boxes: np.ndarray) -> torch.Tensor:
-        arr = np.asarray(image.convert("RGB"))
-        predictor.set_image(arr)
-        tb = predictor.transform.apply_boxes_torch(torch.as_tensor(boxes, dtype=torch.float32,
-                                                                   device=predictor.device), arr.shape[:2])
-        masks, _, _ = predictor.predict_torch(None, None, boxes=tb, multimask_output=False)
-        masks = masks[:, 0].float().cpu()
+        masks, _ = predict_boxes(predictor, np.asarray(image.convert("RGB")), np.asarray(boxes, dtype=np.float32))
+        masks = torch.from_numpy(masks).float()
         rect = boxes_to_masks(boxes, image.height, image.width)
         empty = masks.flatten(1).amax(1) == 0
         masks[empty] = rect[empty]

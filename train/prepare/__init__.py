@@ -19,7 +19,7 @@ __all__ = ["prepare_grounding", "parse_grit_regions", "prepare_classification", 
 
 def __getattr__(name: str):
     if name in ("tiny_sam", "load_sam", "predict_boxes", "SAM_TYPES"):
-        from . import sam
+        from .. import sam
 
         return getattr(sam, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

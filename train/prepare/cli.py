@@ -23,7 +23,7 @@ def _add_sam_arguments(p: argparse.ArgumentParser) -> None:
 
 def _load_sam(args: argparse.Namespace):
     from .common import resolve_device
-    from .sam import load_sam
+    from ..sam import load_sam
 
     args.device = resolve_device(args.device)
     return load_sam(args.sam_type, args.sam_checkpoint, args.device)

@@ -115,7 +115,7 @@ def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Uni
     Args:
         inputs: input tar files and/or folders of ``*.tar`` (sorted); output shard ``i`` has input ``i``'s name.
         output_dir: where the output shards, their ``.stats.json`` files and ``summary.json`` go.
-        sam: a ``segment_anything`` ``Sam`` model (see :func:`alphaclip_train.prepare.sam.load_sam`) or a
+        sam: a ``segment_anything`` ``Sam`` model (see :func:`alphaclip_train.sam.load_sam`) or a
             ``SamPredictor``; it runs on its own device.
         spans: GRIT span lists to read (``ref_exps``, ``noun_chunks``).
         min_box_size: boxes smaller than this (pixels, either side) are dropped as degenerate.
@@ -135,7 +135,7 @@ def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Uni
     from segment_anything import SamPredictor
     from tqdm import tqdm
 
-    from .sam import predict_boxes
+    from ..sam import predict_boxes
 
     paths = expand_inputs(inputs)
     if not paths:

@@ -1,7 +1,8 @@
-"""Segment Anything for data preparation: building/loading SAM, and masks for many box prompts at once.
+"""Segment Anything, the one place this package builds and runs it: loading SAM safely, a tiny random
+SAM for tests and smoke runs, masks for many box prompts at once, and the automatic mask generator.
 
-``segment_anything`` is imported here at module top; the CLI imports this module only inside its
-``prepare-*`` commands.
+``segment_anything`` is imported here at module top; the CLI commands import this module only inside
+the commands that need SAM (data preparation, ``locate``, REC with masks).
 """
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
-from segment_anything import SamPredictor, sam_model_registry
+from segment_anything import SamAutomaticMaskGenerator, SamPredictor, sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-logger = logging.getLogger("alphaclip.prepare")
+from alphaclip_core.checkpoints import load_state_dict_checked, read_state_dict
 
-__all__ = ["SAM_TYPES", "tiny_sam", "load_sam", "predict_boxes"]
+logger = logging.getLogger("alphaclip.sam")
+
+__all__ = ["SAM_TYPES", "tiny_sam", "load_sam", "predict_boxes", "box_predictor", "automatic_mask_generator"]
 
 #: registry names accepted by :func:`load_sam`: segment-anything's own, plus ``tiny`` (tests, smoke runs)
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
@@ -73,19 +76,9 @@ def load_sam(sam_type: str = "vit_h", checkpoint: Optional[Union[str, os.PathLik
             raise ValueError(f"checkpoint: SAM {sam_type} needs its weights file (e.g. sam_{sam_type}_*.pth)")
         sam = sam_model_registry[sam_type](checkpoint=None)
     if checkpoint is not None:
-        path = os.fspath(checkpoint)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint: SAM weights file {path} does not exist")
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        missing, unexpected = sam.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint: {path} does not fit SAM {sam_type}: missing {list(missing)[:5]}, "
-                             f"unexpected {list(unexpected)[:5]}")
+        # official sam_vit_*.pth files are plain state dicts: read with weights_only=True (or safetensors)
+        state = read_state_dict(checkpoint, "checkpoint")
+        load_state_dict_checked(sam, state, f"SAM {sam_type} checkpoint {os.fspath(checkpoint)}")
     return sam.to(device).eval()
 
 
@@ -115,7 +108,17 @@ def predict_boxes(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray,
     for start in range(0, len(boxes), step):
         b = torch.as_tensor(boxes[start:start + step], device=predictor.device)
         b = predictor.transform.apply_boxes_torch(b, (h, w))
-        m, iou, _ = predictor.predict_torch(None, None, b, multimask_output=False)
+        m, iou, _ = predictor.predict_torch(None, None, boxes=b, multimask_output=False)
         masks.append(m[:, 0].cpu().numpy())
         scores.append(iou[:, 0].float().cpu().numpy())
     return np.concatenate(masks), np.concatenate(scores)
+
+
+def box_predictor(sam: Sam) -> SamPredictor:
+    """``SamPredictor(sam)``: computes the image embedding once per ``set_image``, then answers prompts."""
+    return SamPredictor(sam)
+
+
+def automatic_mask_generator(sam: Sam, **kwargs) -> SamAutomaticMaskGenerator:
+    """``SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **kwargs)``."""
+    return SamAutomaticMaskGenerator(sam, output_mode="binary_mask", **kwargs)
