@@ -1,1 +1,71 @@
-"""Hugging Face transformers integration (AlphaCLIP* classes, processors, Auto* registration)."""
+"""Alpha-CLIP as a native transformers model.
+
+Importing this module registers, in transformers:
+
+- ``AutoConfig``: ``alpha_clip``, ``alpha_clip_vision_model``, ``alpha_clip_text_model``;
+- ``AutoModel`` (``AlphaCLIPModel``, ``AlphaCLIPVisionModel``), ``AutoModelForZeroShotImageClassification``
+  (``AlphaCLIPModel``: the stock ``zero-shot-image-classification`` pipeline runs it with whole-image alpha);
+- ``AutoImageProcessor`` / ``AutoProcessor``: :class:`AlphaCLIPImageProcessor` / :class:`AlphaCLIPProcessor`;
+- the pipeline task ``zero-shot-region-classification``;
+- remote-code export: ``save_pretrained`` of a config or model also writes ``configuration_alpha_clip.py``
+  and ``modeling_alpha_clip.py`` and an ``auto_map``, so the folder loads with
+  ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` where alpha-clip is not installed.
+"""
+from __future__ import annotations
+
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForZeroShotImageClassification,
+                          AutoProcessor)
+from transformers.pipelines import PIPELINE_REGISTRY
+
+from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
+from .convert import (hf_to_open_clip_state_dict, load_open_clip_from_hf, model_from_open_clip, model_to_open_clip,
+                      open_clip_to_hf_state_dict, save_hf, vision_model_from_open_clip)
+from .modeling_alpha_clip import (ALPHA_MEAN, ALPHA_STD, WHOLE_IMAGE_ALPHA, AlphaCLIPModel, AlphaCLIPPreTrainedModel,
+                                  AlphaCLIPVisionModel, AlphaCLIPVisionModelWithProjection)
+from .pipeline import TASK, HFAlphaCLIPAdapter, ZeroShotRegionClassificationPipeline
+from .processing_alpha_clip import AlphaCLIPImageProcessor, AlphaCLIPProcessor, clip_tokenizer_from_open_clip
+
+__all__ = [
+    "AlphaCLIPConfig", "AlphaCLIPVisionConfig", "AlphaCLIPTextConfig", "AlphaCLIPPreTrainedModel", "AlphaCLIPModel",
+    "AlphaCLIPVisionModel", "AlphaCLIPVisionModelWithProjection", "AlphaCLIPImageProcessor", "AlphaCLIPProcessor",
+    "ZeroShotRegionClassificationPipeline", "HFAlphaCLIPAdapter", "TASK", "ALPHA_MEAN", "ALPHA_STD",
+    "WHOLE_IMAGE_ALPHA", "clip_tokenizer_from_open_clip", "model_from_open_clip", "model_to_open_clip",
+    "vision_model_from_open_clip", "open_clip_to_hf_state_dict", "hf_to_open_clip_state_dict", "save_hf",
+    "load_open_clip_from_hf", "convert_to_hf", "register",
+]
+
+_registered = False
+
+
+def register() -> None:
+    """Register the configs, models, processors and pipeline with transformers (idempotent; runs on import)."""
+    global _registered
+    if _registered:
+        return
+    for config in (AlphaCLIPConfig, AlphaCLIPVisionConfig, AlphaCLIPTextConfig):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+    AutoModel.register(AlphaCLIPConfig, AlphaCLIPModel, exist_ok=True)
+    AutoModel.register(AlphaCLIPVisionConfig, AlphaCLIPVisionModel, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(AlphaCLIPConfig, AlphaCLIPModel, exist_ok=True)
+    for config in (AlphaCLIPConfig, AlphaCLIPVisionConfig):
+        AutoImageProcessor.register(config, image_processor_classes={"torchvision": AlphaCLIPImageProcessor},
+                                    exist_ok=True)
+    AutoProcessor.register(AlphaCLIPConfig, AlphaCLIPProcessor, exist_ok=True)
+    # remote-code export (config + modeling files are self-contained; the processors use alpha-clip, so they
+    # are NOT exported: a remote-code folder gives the model, the processor needs `pip install alpha-clip`)
+    AlphaCLIPConfig.register_for_auto_class()
+    AlphaCLIPVisionConfig.register_for_auto_class()
+    AlphaCLIPModel.register_for_auto_class("AutoModel")
+    AlphaCLIPVisionModel.register_for_auto_class("AutoModel")
+    AlphaCLIPVisionModelWithProjection.register_for_auto_class("AutoModel")
+    PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotRegionClassificationPipeline,
+                                        pt_model=AutoModel, type="multimodal")
+    _registered = True
+
+
+def convert_to_hf(model, output, mode: str = "crop"):
+    """``alphaclip convert --to hf``: write an open_clip Alpha-CLIP as a transformers folder (see :func:`save_hf`)."""
+    return save_hf(model, output, mode=mode)
+
+
+register()
