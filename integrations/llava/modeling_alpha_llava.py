@@ -170,6 +170,8 @@ class AlphaLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                                       alpha_values: Optional[torch.Tensor] = None, **kwargs: Any) -> dict:
         """transformers' preparation, plus: ``alpha_values`` goes wherever ``pixel_values`` goes (the
         prefill step with a cache, every step without one) and nowhere else."""
+        if alpha_values is not None and kwargs.get("pixel_values") is None:
+            raise ValueError("alpha_values: given to generate without pixel_values (alpha maps belong to images)")
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
         if alpha_values is not None and model_inputs.get("pixel_values") is not None:
             model_inputs["alpha_values"] = alpha_values
