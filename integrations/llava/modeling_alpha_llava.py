@@ -166,6 +166,17 @@ class AlphaLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                                logits_to_keep=logits_to_keep, image_sizes=image_sizes,
                                mm_encoder_outputs=mm_encoder_outputs, **kwargs)
 
+    def generate(self, *args: Any, **kwargs: Any):
+        """``GenerationMixin.generate`` with ``alpha_values [N, 1, H, W]`` beside ``pixel_values``.
+
+        transformers 5 encodes the images once before the prefill through :meth:`get_image_features`,
+        which takes the alpha; where raw images travel with the steps instead,
+        :meth:`prepare_inputs_for_generation` hands the alpha to exactly the steps that get the images.
+        """
+        if kwargs.get("alpha_values") is not None and kwargs.get("pixel_values") is None:
+            raise ValueError("alpha_values: given to generate without pixel_values (alpha maps belong to images)")
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, *args: Any,
                                       alpha_values: Optional[torch.Tensor] = None, **kwargs: Any) -> dict:
         """transformers' preparation, plus: ``alpha_values`` goes wherever ``pixel_values`` goes (the
