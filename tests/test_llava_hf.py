@@ -280,6 +280,14 @@ def test_processor_expands_placeholders_and_checks_rows(processor):
     assert (two["input_ids"] == image_id).sum(1).tolist() == [PATCHES, PATCHES]
     boxed = processor(images=img, text="<image>", boxes=[0, 0, 16, 14])
     torch.testing.assert_close(boxed["alpha_values"], two["alpha_values"][:1], rtol=0, atol=1e-6)
+    rgba = Image.fromarray(img)
+    rgba.putalpha(Image.fromarray(box_mask(0, 14, 0, 16).astype(np.uint8) * 255))
+    via_rgba = processor(images=[rgba, Image.fromarray(img)], text=["<image>", "<image>"])  # alpha channel = region
+    torch.testing.assert_close(via_rgba["alpha_values"][:1], two["alpha_values"][:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(via_rgba["alpha_values"][1], torch.full((1, 32, 32), WHOLE_IMAGE_ALPHA))
+    torch.testing.assert_close(via_rgba["pixel_values"], two["pixel_values"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="images: RGBA images carry their region in their alpha channel"):
+        processor(images=rgba, text="<image>", boxes=[0, 0, 5, 5])
     with pytest.raises(ValueError, match=r"text: holds 1 <image> placeholder\(s\) but the images and their regions "
                                          r"give 2 image row\(s\)"):
         processor(images=img, text="<image> what ?", masks=np.stack([box_mask(0, 5, 0, 5), box_mask(5, 9, 5, 9)]))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from alphaclip_core.alpha import PairedTransform, region_masks
 
-__all__ = ["as_list", "paired_batch"]
+__all__ = ["as_list", "paired_batch", "rgba_alpha"]
 
 
 def as_list(value: Any, n: int, name: str) -> List[Any]:
@@ -26,7 +26,7 @@ def as_list(value: Any, n: int, name: str) -> List[Any]:
     return list(value)
 
 
-def _rgba_alpha(image: Image.Image, index: int) -> Tuple[Image.Image, Optional[np.ndarray]]:
+def rgba_alpha(image: Image.Image, index: int) -> Tuple[Image.Image, Optional[np.ndarray]]:
     """Split an RGBA/LA PIL image into its RGB part and its alpha channel (uint8 [H, W]) as the mask."""
     if image.mode not in ("RGBA", "LA", "PA"):
         return image, None
@@ -68,7 +68,7 @@ def paired_batch(images: Any, transform: PairedTransform, masks: Optional[Sequen
     pix, alpha = [], []
     for i, (image, mask, box) in enumerate(zip(images, masks, boxes)):
         if isinstance(image, Image.Image):
-            image, rgba_mask = _rgba_alpha(image, i)
+            image, rgba_mask = rgba_alpha(image, i)
             if rgba_mask is not None:
                 if mask is not None or box is not None:
                     raise ValueError(f"images[{i}]: an RGBA image carries its region in its alpha channel; "

@@ -8,14 +8,34 @@ in order; each placeholder is expanded to the number of image tokens LLaVA inser
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Tuple, Union
 
+from PIL import Image
 from transformers.image_processing_base import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from alphaclip_integrations.hf import AlphaCLIPImageProcessor
 
+from .inputs import rgba_alpha
+
 __all__ = ["AlphaLlavaProcessor"]
+
+
+def _split_rgba(images: Any, masks: Any, *other_regions: Any) -> Tuple[Any, Any]:
+    """RGBA (or LA) PIL images -> their RGB part, with their alpha channel as the region mask."""
+    single = not isinstance(images, (list, tuple))
+    image_list = [images] if single else list(images)
+    if not any(isinstance(im, Image.Image) and im.mode in ("RGBA", "LA", "PA") for im in image_list):
+        return images, masks
+    if masks is not None or any(r is not None for r in other_regions):
+        raise ValueError("images: RGBA images carry their region in their alpha channel; do not pass masks, boxes, "
+                         "polygons or rles with them (convert the images to RGB to give regions separately)")
+    rgb, alphas = [], []
+    for i, image in enumerate(image_list):
+        rgb_image, alpha = rgba_alpha(image, i) if isinstance(image, Image.Image) else (image, None)
+        rgb.append(rgb_image)
+        alphas.append(alpha)
+    return (rgb[0], alphas[0]) if single else (rgb, alphas)
 
 
 class AlphaLlavaProcessor(ProcessorMixin):
@@ -65,6 +85,8 @@ class AlphaLlavaProcessor(ProcessorMixin):
 
         Args:
             images: one image or a list (PIL, numpy ``HxWx3``, torch ``[3, H, W]``), or None for text only.
+                An RGBA PIL image's alpha channel is its region (255 = region), as in the original-LLaVA
+                path.
             text: one prompt or a list; together they hold one ``<image>`` per image row.
             masks, boxes, polygons, rles: regions as :class:`AlphaCLIPImageProcessor` takes them (for a
                 list of images, a list with one entry per image; an image with K regions gives K rows).
@@ -93,6 +115,7 @@ class AlphaLlavaProcessor(ProcessorMixin):
             if placeholders:
                 raise ValueError(f"text: holds {placeholders} {self.image_token} placeholder(s) but no images were given")
         else:
+            images, masks = _split_rgba(images, masks, boxes, polygons, rles)
             data.update(self.image_processor(images, masks=masks, boxes=boxes, polygons=polygons, rles=rles,
                                              mode=mode, return_tensors="pt"))
             rows = data["pixel_values"].shape[0]
