@@ -106,22 +106,29 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .checkpoints import (CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
                               read_state_dict, save_reference, save_safetensors, vision_arch)
 
-    sd = read_state_dict(args.source, "source")
-    fmt = detect_format(sd)
-    arch = args.arch or vision_arch(sd).name
-    if arch is None:
-        raise SystemExit(f"error: cannot tell the architecture of {args.source} ({vision_arch(sd).describe()}); "
-                         "pass --arch")
-    model = open_clip.create_model(arch)
-    if fmt == "clip" and args.base is None:
-        # a plain CLIP becomes an Alpha-CLIP with a zero alpha conv: the starting point for training
-        load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=("visual.conv1_alpha.weight",))
-    elif fmt in ("alpha-reference", "open_clip-alpha"):
-        load_alpha_clip(model, args.source, args.base)
+    if Path(args.source).is_dir():  # a transformers folder, back to open_clip / reference
+        from alphaclip_integrations.hf.convert import load_open_clip_from_hf
+        model, arch = load_open_clip_from_hf(args.source), "from transformers"
     else:
-        raise CheckpointError(f"source: {args.source} has format '{fmt}'; expected an Alpha-CLIP or CLIP checkpoint")
+        sd = read_state_dict(args.source, "source")
+        fmt = detect_format(sd)
+        arch = args.arch or vision_arch(sd).name
+        if arch is None:
+            raise SystemExit(f"error: cannot tell the architecture of {args.source} ({vision_arch(sd).describe()}); "
+                             "pass --arch")
+        model = open_clip.create_model(arch)
+        if fmt == "clip" and args.base is None:
+            # a plain CLIP becomes an Alpha-CLIP with a zero alpha conv: the starting point for training
+            load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=("visual.conv1_alpha.weight",))
+        elif fmt in ("alpha-reference", "open_clip-alpha"):
+            load_alpha_clip(model, args.source, args.base)
+        else:
+            raise CheckpointError(f"source: {args.source} has format '{fmt}'; expected an Alpha-CLIP or CLIP checkpoint")
     out = Path(args.output)
-    if args.to == "reference":
+    if args.to == "hf":
+        from alphaclip_integrations.hf import convert_to_hf  # transformers only here
+        convert_to_hf(model, out)
+    elif args.to == "reference":
         save_reference(model, out)
     elif args.to == "local-dir":
         aoc.save_pretrained(model, out)
@@ -164,11 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_classify)
 
     p = sub.add_parser("convert", help="convert weights between formats")
-    p.add_argument("source", help="reference .pth, open_clip alpha file, or a plain CLIP (zero alpha conv added)")
+    p.add_argument("source", help="reference .pth, open_clip alpha file, a plain CLIP (zero alpha conv added), "
+                                  "or a transformers folder")
     p.add_argument("--base", help="plain OpenAI CLIP weights (needed for a reference visual-only .pth)")
     p.add_argument("--arch", help="alpha model name; read off the weights when omitted")
-    p.add_argument("--to", choices=("open_clip", "reference", "local-dir"), default="open_clip",
-                   help="open_clip: one safetensors file; reference: visual-only .pth; local-dir: open_clip folder")
+    p.add_argument("--to", choices=("open_clip", "reference", "local-dir", "hf"), default="open_clip",
+                   help="open_clip: one safetensors file; reference: visual-only .pth; local-dir: open_clip folder; "
+                        "hf: transformers folder (model, processor, remote code)")
     p.add_argument("--output", "-o", required=True, help="output file or folder")
     p.set_defaults(func=_cmd_convert)
 

@@ -19,7 +19,8 @@ from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
 from .convert import (hf_to_open_clip_state_dict, load_open_clip_from_hf, model_from_open_clip, model_to_open_clip,
-                      open_clip_to_hf_state_dict, save_hf, vision_model_from_open_clip)
+                      open_clip_to_hf_state_dict, save_hf, vision_model_from_open_clip,
+                      vision_model_from_state_dict)
 from .modeling_alpha_clip import (ALPHA_MEAN, ALPHA_STD, WHOLE_IMAGE_ALPHA, AlphaCLIPModel, AlphaCLIPPreTrainedModel,
                                   AlphaCLIPVisionModel, AlphaCLIPVisionModelWithProjection)
 from .pipeline import TASK, HFAlphaCLIPAdapter, ZeroShotRegionClassificationPipeline
@@ -30,7 +31,8 @@ __all__ = [
     "AlphaCLIPVisionModel", "AlphaCLIPVisionModelWithProjection", "AlphaCLIPImageProcessor", "AlphaCLIPProcessor",
     "ZeroShotRegionClassificationPipeline", "HFAlphaCLIPAdapter", "TASK", "ALPHA_MEAN", "ALPHA_STD",
     "WHOLE_IMAGE_ALPHA", "clip_tokenizer_from_open_clip", "model_from_open_clip", "model_to_open_clip",
-    "vision_model_from_open_clip", "open_clip_to_hf_state_dict", "hf_to_open_clip_state_dict", "save_hf",
+    "vision_model_from_open_clip", "vision_model_from_state_dict", "open_clip_to_hf_state_dict",
+    "hf_to_open_clip_state_dict", "save_hf",
     "load_open_clip_from_hf", "convert_to_hf", "register",
 ]
 

@@ -36,7 +36,7 @@ import torch
 from open_clip.model import CLIP
 from open_clip.transformer import VisionTransformer
 
-from alphaclip_core.checkpoints import CheckpointError
+from alphaclip_core.checkpoints import CheckpointError, detect_format, reference_to_open_clip
 from alphaclip_core.model import AlphaCLIP, AlphaVisionTransformer
 
 from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
@@ -44,7 +44,8 @@ from .modeling_alpha_clip import AlphaCLIPModel, AlphaCLIPVisionModel
 
 __all__ = [
     "open_clip_to_hf_state_dict", "hf_to_open_clip_state_dict", "vision_config_from_open_clip",
-    "config_from_open_clip", "open_clip_config_from_hf", "vision_model_from_open_clip", "model_from_open_clip",
+    "config_from_open_clip", "open_clip_config_from_hf", "vision_model_from_open_clip",
+    "vision_model_from_state_dict", "model_from_open_clip",
     "model_to_open_clip", "save_hf", "load_open_clip_from_hf",
 ]
 
@@ -260,10 +261,15 @@ def open_clip_config_from_hf(config: AlphaCLIPConfig) -> dict:
 
 # ------------------------------------------------------------------------------------------------ models
 def _load_checked(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    result = model.load_state_dict(dict(sd), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{source} does not fit the transformers model: missing {result.missing_keys[:5]}, "
-                              f"unexpected {result.unexpected_keys[:5]}")
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [f"{k}: file {list(sd[k].shape)} vs model {list(own[k].shape)}"
+                  for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"{source} does not fit the transformers model: shape mismatch {mismatched[:3]}, "
+                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.load_state_dict(dict(sd), strict=True)
 
 
 def vision_model_from_open_clip(model: Union[CLIP, VisionTransformer], *, dtype: Optional[torch.dtype] = None
@@ -288,6 +294,32 @@ def vision_model_from_open_clip(model: Union[CLIP, VisionTransformer], *, dtype:
         hf_sd["embeddings.patch_embedding_alpha.weight"] = torch.zeros_like(hf.embeddings.patch_embedding_alpha.weight)
     _load_checked(hf, hf_sd, "open_clip vision tower")
     return hf.to(dtype) if dtype is not None else hf
+
+
+def vision_model_from_state_dict(sd: Mapping[str, torch.Tensor], config: AlphaCLIPVisionConfig
+                                 ) -> AlphaCLIPVisionModel:
+    """An :class:`AlphaCLIPVisionModel` from a vision tower's weights without building open_clip.
+
+    Args:
+        sd: the reference release's visual-only state dict (``conv1_alpha.weight``, ``attn.in_proj.weight``,
+            as :func:`alphaclip_core.read_state_dict` returns it) or open_clip keys (``visual.*``; a whole
+            model's text keys are ignored). A plain CLIP tower (no alpha conv) gets a zero alpha conv.
+        config: the tower's shape (head count and activation are not stored in the weights).
+    """
+    fmt = detect_format(sd)
+    if fmt == "alpha-reference":
+        sd = reference_to_open_clip(sd)
+    elif fmt == "clip-visual":
+        sd = {f"visual.{k}": v for k, v in sd.items()}
+    elif fmt not in ("open_clip-alpha", "clip"):
+        raise CheckpointError(f"sd: a state dict in format '{fmt}' is not an (Alpha-)CLIP vision tower")
+    visual = {k: v for k, v in sd.items() if k.startswith("visual.") and k != "visual.proj"}
+    hf_sd = {k[len("vision_model."):]: v for k, v in open_clip_to_hf_state_dict(visual).items()}
+    hf = AlphaCLIPVisionModel(config).eval()
+    hf_sd.setdefault("embeddings.patch_embedding_alpha.weight",
+                     torch.zeros_like(hf.embeddings.patch_embedding_alpha.weight))
+    _load_checked(hf, hf_sd, "state dict")
+    return hf
 
 
 def model_from_open_clip(model: CLIP) -> AlphaCLIPModel:
@@ -329,7 +361,6 @@ def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str 
 
     ``mode`` is the paired transform's geometry stored in the image processor (crop/pad/squash).
     """
-    from . import register  # noqa: F401  (auto classes and remote-code export)
     folder = Path(folder)
     hf = model_from_open_clip(model)
     hf.save_pretrained(folder)

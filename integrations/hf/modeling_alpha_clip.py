@@ -27,9 +27,7 @@ from transformers.models.clip.modeling_clip import (
     CLIPPreTrainedModel,
     CLIPTextModel,
     CLIPVisionEmbeddings,
-    CLIPVisionModel,
     CLIPVisionModelOutput,
-    CLIPVisionModelWithProjection,
     _get_vector_norm,
     image_text_contrastive_loss,
 )
@@ -42,7 +40,7 @@ try:  # not importable from remote code in every transformers version: then only
 except ImportError:  # pragma: no cover
     register_checkpoint_conversion_mapping = None
 
-from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
+from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPVisionConfig
 
 __all__ = [
     "ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA",
@@ -156,6 +154,9 @@ class AlphaCLIPVisionModel(AlphaCLIPPreTrainedModel):
     input_modalities = ("image",)
     _input_embed_layer = "patch_embedding"
     base_model_prefix = "vision_model"
+    # loading the tower out of a whole AlphaCLIPModel folder (as LLaVA does with CLIP repos) skips the rest quietly
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^visual_projection\.",
+                                          r"^logit_scale"]
 
     def __init__(self, config: AlphaCLIPVisionConfig):
         super().__init__(config)
@@ -211,6 +212,7 @@ class AlphaCLIPVisionModelWithProjection(AlphaCLIPPreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     base_model_prefix = "vision_model"
+    _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^text_projection\.", r"^logit_scale"]
 
     def __init__(self, config: AlphaCLIPVisionConfig):
         super().__init__(config)

@@ -84,7 +84,7 @@ class ZeroShotRegionClassificationPipeline(Pipeline):
             image = load_image(image, timeout=timeout)
         inputs = self.image_processor(image, masks=masks, boxes=boxes, polygons=polygons, rles=rles, mode=mode)
         texts = [hypothesis_template.format(label) for label in candidate_labels]
-        text_inputs = self.tokenizer(texts, padding=True, return_tensors="pt")
+        text_inputs = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return {"pixel_values": inputs["pixel_values"][:1], "alpha_values": inputs["alpha_values"],
                 "input_ids": text_inputs["input_ids"], "attention_mask": text_inputs["attention_mask"],
                 "candidate_labels": candidate_labels}

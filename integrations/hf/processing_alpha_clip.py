@@ -160,16 +160,20 @@ class AlphaCLIPProcessor(ProcessorMixin):
     def __call__(self, images: Any = None, text: Union[str, List[str], None] = None, masks: Any = None,
                  boxes: Any = None, polygons: Any = None, rles: Any = None, *, mode: Optional[str] = None,
                  return_tensors: Optional[str] = "pt", return_region_index: bool = False,
-                 padding: Union[bool, str] = True, **text_kwargs: Any) -> BatchFeature:
+                 padding: Union[bool, str] = True, truncation: bool = True, **text_kwargs: Any) -> BatchFeature:
         """Tokenise ``text`` and prepare ``images`` with their regions (see
-        :meth:`AlphaCLIPImageProcessor.preprocess`); at least one of them is required."""
+        :meth:`AlphaCLIPImageProcessor.preprocess`); at least one of them is required.
+
+        Texts are padded to the longest and truncated to the context length (77) keeping the end
+        token, like open_clip's tokenizer."""
         if images is None and text is None:
             raise ValueError("AlphaCLIPProcessor: pass images, text or both")
         if images is None and any(v is not None for v in (masks, boxes, polygons, rles)):
             raise ValueError("masks/boxes/polygons/rles: given without images")
         data = {}
         if text is not None:
-            data.update(self.tokenizer(text, padding=padding, return_tensors="pt", **text_kwargs))
+            data.update(self.tokenizer(text, padding=padding, truncation=truncation, return_tensors="pt",
+                                       **text_kwargs))
         if images is not None:
             data.update(self.image_processor(images, masks=masks, boxes=boxes, polygons=polygons, rles=rles,
                                              mode=mode, return_tensors=return_tensors,
