@@ -220,6 +220,8 @@ def test_tower_errors(files, tmp_path):
     torch.save({"foo.weight": torch.zeros(2)}, junk)
     with pytest.raises(CheckpointError, match="holds no CLIP ViT vision tower"):
         build(f"alpha-clip:{junk}")
+    with pytest.raises(CheckpointError, match=r"holds only \['conv1_alpha.weight'\]; pass the plain CLIP"):
+        build(f"alpha-clip:{files['alpha_only']}")
     tower = build(f"alpha-clip:{files['ref']}")
     with pytest.raises(ValueError, match=r"images: expected \[B, 4, H, W\] \(RGB \+ alpha\)"):
         tower(torch.zeros(1, 5, 32, 32))

@@ -9,7 +9,9 @@ arguments) to ``forward``, whose LLaVA signature has no ``**kwargs``.
 The minimal fix, :func:`install`: replace ``LlavaLlamaForCausalLM.forward`` with one that takes
 both names and any further keyword arguments, runs LLaVA's own
 ``prepare_inputs_labels_for_multimodal`` exactly as before, and calls ``LlamaForCausalLM.forward``
-with ``cache=``. Nothing else in LLaVA changes. Under transformers 4.x (LLaVA's pinned 4.37.2) it is
+with ``cache=``; and drop the ``past_key_values=None`` that LLaVA's ``prepare_inputs_for_generation``
+adds next to transformers' ``cache`` (a FutureWarning on every step otherwise). Nothing else in
+LLaVA changes. Under transformers 4.x (LLaVA's pinned 4.37.2) it is
 a no-op. (``llava.train.train`` does not import under transformers 5: it imports
 ``ALL_LAYERNORM_LAYERS`` from ``transformers.trainer``; training needs LLaVA's pinned environment.)
 """
@@ -24,6 +26,7 @@ from transformers import LlamaForCausalLM
 __all__ = ["needed", "install", "uninstall"]
 
 _ORIGINAL_FORWARD = LlavaLlamaForCausalLM.forward
+_ORIGINAL_PREPARE = LlavaLlamaForCausalLM.prepare_inputs_for_generation
 
 
 def needed() -> bool:
@@ -55,6 +58,22 @@ def _forward(self: LlavaLlamaForCausalLM, input_ids: Any = None, attention_mask:
                                     labels=labels, use_cache=use_cache, **kwargs)
 
 
+def _prepare_inputs_for_generation(self: LlavaLlamaForCausalLM, input_ids: Any, cache: Any = None,
+                                   inputs_embeds: Any = None, **kwargs: Any) -> dict:
+    """LLaVA's step preparation without its ``past_key_values=`` keyword (transformers 5 names it ``cache``;
+    passing both warns on every step)."""
+    images = kwargs.pop("images", None)
+    image_sizes = kwargs.pop("image_sizes", None)
+    kwargs.pop("past_key_values", None)
+    inputs = LlamaForCausalLM.prepare_inputs_for_generation(self, input_ids, cache=cache, inputs_embeds=inputs_embeds,
+                                                            **kwargs)
+    if images is not None:
+        inputs["images"] = images
+    if image_sizes is not None:
+        inputs["image_sizes"] = image_sizes
+    return inputs
+
+
 _forward.__wrapped__ = _ORIGINAL_FORWARD  # type: ignore[attr-defined]
 _forward._alphaclip_compat = True  # type: ignore[attr-defined]
 
@@ -66,10 +85,12 @@ def install() -> bool:
     if not needed():
         return False
     LlavaLlamaForCausalLM.forward = _forward
+    LlavaLlamaForCausalLM.prepare_inputs_for_generation = _prepare_inputs_for_generation
     return True
 
 
 def uninstall() -> None:
     """Restore LLaVA's own ``forward``."""
     LlavaLlamaForCausalLM.forward = _ORIGINAL_FORWARD
+    LlavaLlamaForCausalLM.prepare_inputs_for_generation = _ORIGINAL_PREPARE
 

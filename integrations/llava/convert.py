@@ -24,19 +24,17 @@ from typing import List, Optional, Union
 import torch
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
-from alphaclip_core.checkpoints import CheckpointError
-from alphaclip_integrations.hf import AlphaCLIPImageProcessor, AlphaCLIPVisionConfig, vision_model_from_open_clip
+from alphaclip_core.checkpoints import CheckpointError, vision_arch
+from alphaclip_integrations.hf import AlphaCLIPImageProcessor, AlphaCLIPVisionConfig, vision_model_from_state_dict
 
 from .modeling_alpha_llava import AlphaLlavaConfig, AlphaLlavaForConditionalGeneration
 from .processing_alpha_llava import AlphaLlavaProcessor
-from .weights import load_alpha_visual
+from .weights import read_visual
 
 __all__ = ["alpha_llava_config", "alpha_llava_from_llava", "convert_llava", "main"]
 
 logger = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
-_ARCH_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size",
-                "patch_size", "hidden_act")
 
 
 def alpha_llava_config(config: LlavaConfig) -> AlphaLlavaConfig:
@@ -62,20 +60,24 @@ def alpha_llava_from_llava(llava: LlavaForConditionalGeneration, checkpoint: Pat
 
     Args:
         llava: a transformers ``LlavaForConditionalGeneration`` (CLIP ViT tower).
-        checkpoint, base: the Alpha-CLIP weights (see :func:`~alphaclip_integrations.llava.load_alpha_visual`:
-            a reference ``.pth``, a whole Alpha-CLIP, or a plain CLIP for a zero alpha conv).
+        checkpoint, base: the Alpha-CLIP weights (see :func:`~alphaclip_integrations.llava.weights.read_visual`:
+            a reference ``.pth``, a whole Alpha-CLIP, or a plain CLIP for a zero alpha conv). The head
+            count and activation come from ``llava``'s vision config.
     Returns:
         the model in eval mode; the new tower has the dtype of ``llava``'s tower.
     Raises:
         CheckpointError: the checkpoint's tower has another architecture than ``llava``'s.
     """
     config = alpha_llava_config(llava.config)
-    tower = vision_model_from_open_clip(load_alpha_visual(checkpoint, base))
-    want, got = config.vision_config, tower.config
-    diff = [f"{f}: LLaVA {getattr(want, f)!r} vs checkpoint {getattr(got, f)!r}" for f in _ARCH_FIELDS
-            if getattr(want, f) != getattr(got, f)]
+    sd = read_visual(checkpoint, base)
+    arch, want = vision_arch(sd), config.vision_config
+    got = {"hidden_size": arch.width, "patch_size": arch.patch_size, "num_hidden_layers": arch.layers,
+           "image_size": arch.image_size, "intermediate_size": int(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])}
+    diff = [f"{f}: LLaVA {getattr(want, f)!r} vs checkpoint {v!r}" for f, v in got.items() if getattr(want, f) != v]
     if diff:
         raise CheckpointError(f"checkpoint: {checkpoint} does not fit the LLaVA vision tower ({'; '.join(diff)})")
+    # the LLaVA config supplies what the weights do not store: head count, activation, layer-norm eps
+    tower = vision_model_from_state_dict(sd, want)
     old = llava.model.vision_tower
     tower = tower.to(dtype=next(old.parameters()).dtype, device=next(old.parameters()).device)
     with torch.device("meta"):  # every module is replaced below: build the shell without memory

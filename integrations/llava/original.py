@@ -31,10 +31,10 @@ from torch import nn
 from transformers import CLIPVisionConfig
 
 from alphaclip_core.alpha import PairedTransform
-from alphaclip_core.checkpoints import CheckpointError, read_state_dict, vision_arch
+from alphaclip_core.checkpoints import CheckpointError, vision_arch
 
 from .inputs import paired_batch
-from .weights import HEAD_WIDTH, PREFIX, load_alpha_visual, parse_tower_name, visual_state_dict
+from .weights import HEAD_WIDTH, PREFIX, load_alpha_visual, parse_tower_name, read_visual
 
 __all__ = ["PREFIX", "parse_tower_name", "load_alpha_visual", "AlphaCLIPVisionTower",
            "AlphaCLIPImageProcessor", "install", "uninstall", "installed"]
@@ -240,10 +240,7 @@ class AlphaCLIPVisionTower(nn.Module):
         if self.is_loaded:
             return self._config
         if self._cfg_only is None:
-            sd = visual_state_dict(read_state_dict(self.checkpoint, "checkpoint"), self.checkpoint, "checkpoint")
-            if "conv1.weight" not in sd and self.base is not None:
-                sd = {**visual_state_dict(read_state_dict(self.base, "base"), self.base, "base"), **sd}
-            self._cfg_only = _config_from_state_dict(sd)
+            self._cfg_only = _config_from_state_dict(read_visual(self.checkpoint, self.base))
         return self._cfg_only
 
     @property

@@ -29,7 +29,7 @@ from alphaclip_core.checkpoints import (CheckpointError, detect_format, load_sta
                                         vision_arch)
 from alphaclip_core.model import AlphaVisionTransformer
 
-__all__ = ["PREFIX", "HEAD_WIDTH", "parse_tower_name", "visual_state_dict", "load_alpha_visual"]
+__all__ = ["PREFIX", "HEAD_WIDTH", "parse_tower_name", "visual_state_dict", "read_visual", "load_alpha_visual"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +81,11 @@ def visual_state_dict(sd: Dict[str, torch.Tensor], path: str, arg: str) -> Dict[
             for k, v in sd.items()}
 
 
-def load_alpha_visual(checkpoint: Union[str, os.PathLike], base: Optional[Union[str, os.PathLike]] = None,
-                      ) -> AlphaVisionTransformer:
-    """Build an :class:`AlphaVisionTransformer` whose shape is read off the weights, and load them.
+def read_visual(checkpoint: Union[str, os.PathLike], base: Optional[Union[str, os.PathLike]] = None
+                ) -> Dict[str, torch.Tensor]:
+    """The vision tower weights named by ``alpha-clip:<checkpoint>[@<base>]``, in open_clip names
+    without the ``visual.`` prefix (``base`` loaded first, the checkpoint's tensors replace its own).
 
-    Args:
-        checkpoint: reference Alpha-CLIP ``.pth``, whole Alpha-CLIP (open_clip names) or plain CLIP.
-        base: optional plain CLIP of the same architecture, loaded first (see the module docstring).
-    Returns:
-        the tower in eval mode, float32, on the CPU; ``conv1_alpha`` is zero when no file holds it.
     Raises:
         FileNotFoundError, CheckpointError: a file is missing, unreadable, not a ViT CLIP, or the two
             files' architectures differ.
@@ -103,6 +99,25 @@ def load_alpha_visual(checkpoint: Union[str, os.PathLike], base: Optional[Union[
                 raise CheckpointError(f"base: {base} is a {b.describe()} but checkpoint {checkpoint} is a "
                                       f"{a.describe()}; they must have the same architecture")
         sd = {**base_sd, **sd}
+    if "conv1.weight" not in sd:
+        raise CheckpointError(f"checkpoint: {checkpoint} holds only {sorted(sd)}; pass the plain CLIP with its "
+                              "other weights as base (alpha-clip:<checkpoint>@<base>)")
+    return sd
+
+
+def load_alpha_visual(checkpoint: Union[str, os.PathLike], base: Optional[Union[str, os.PathLike]] = None,
+                      ) -> AlphaVisionTransformer:
+    """Build an :class:`AlphaVisionTransformer` whose shape is read off the weights, and load them.
+
+    Args:
+        checkpoint: reference Alpha-CLIP ``.pth``, whole Alpha-CLIP (open_clip names) or plain CLIP.
+        base: optional plain CLIP of the same architecture, loaded first (see the module docstring).
+    Returns:
+        the tower in eval mode, float32, on the CPU; ``conv1_alpha`` is zero when no file holds it.
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`read_visual`.
+    """
+    sd = read_visual(checkpoint, base)
     arch = vision_arch(sd)
     if arch.width % HEAD_WIDTH:
         raise CheckpointError(f"checkpoint: width {arch.width} is not a multiple of the CLIP head width {HEAD_WIDTH}")
