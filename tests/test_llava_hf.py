@@ -143,7 +143,7 @@ def test_whole_image_alpha_equals_no_alpha_and_masks_change_logits(setup, proces
     torch.testing.assert_close(a[:, :n_before], w[:, :n_before], rtol=0, atol=0)
 
 
-def test_tower_features_match_open_clip_and_original_llava_tower(setup):
+def test_tower_features_match_open_clip(setup):
     """The same weights give the same penultimate-layer patch features in open_clip and the HF tower."""
     model, alpha_clip = setup["alpha"], setup["alpha_clip"]
     g = torch.Generator().manual_seed(5)

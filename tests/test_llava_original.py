@@ -231,6 +231,22 @@ def test_tower_errors(files, tmp_path):
         tower(torch.cat([torch.zeros(1, 3, 32, 32), torch.full((1, 1, 32, 32), 5.0)], dim=1))
 
 
+def test_same_features_as_the_transformers_native_tower(files):
+    """The same weights give the same layer -2 patch features through LLaVA's tower and the HF tower."""
+    from alphaclip_integrations.hf import AlphaCLIPVisionConfig, vision_model_from_state_dict
+    from alphaclip_integrations.llava.weights import read_visual
+
+    tower = build(f"alpha-clip:{files['ref']}")
+    assert isinstance(tower.image_processor, original.RGBAImageProcessor)
+    hf = vision_model_from_state_dict(read_visual(files["ref"]), AlphaCLIPVisionConfig(**{
+        k: getattr(tower.config, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                              "num_attention_heads", "image_size", "patch_size", "hidden_act")}))
+    x = rgba()
+    with torch.no_grad():
+        ref = hf(x[:, :3], alpha_values=x[:, 3:], output_hidden_states=True).hidden_states[-2][:, 1:]
+    torch.testing.assert_close(tower(x), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_delay_load_reads_config_without_building(files):
     tower = build(f"alpha-clip:{files['ref']}", delay_load=True)
     assert not tower.is_loaded and not list(tower.parameters())

@@ -6,7 +6,7 @@
   image tensors ``[B, 4, H, W]``: channels 0-2 the CLIP-normalised RGB, channel 3 the normalised
   alpha (foreground +1.9231, background -1.9231). The alpha rides inside LLaVA's ``images`` tensor,
   so LLaVA's data flow is untouched. A 3-channel tensor means "whole image".
-- :class:`AlphaCLIPImageProcessor` is the tower's ``image_processor``: the calls LLaVA makes on a
+- :class:`RGBAImageProcessor` is the tower's ``image_processor``: the calls LLaVA makes on a
   ``CLIPImageProcessor`` (``preprocess(image, return_tensors='pt')['pixel_values']``,
   ``processor(images, ...)``, ``image_mean``, ``crop_size``, ``size``), returning 4-channel tensors.
   A region comes as an RGBA image's alpha channel or as ``masks=`` / ``boxes=``.
@@ -37,7 +37,7 @@ from .inputs import paired_batch
 from .weights import HEAD_WIDTH, PREFIX, load_alpha_visual, parse_tower_name, read_visual
 
 __all__ = ["PREFIX", "parse_tower_name", "load_alpha_visual", "AlphaCLIPVisionTower",
-           "AlphaCLIPImageProcessor", "install", "uninstall", "installed"]
+           "RGBAImageProcessor", "install", "uninstall", "installed"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _device_of(device_map: Any) -> Optional[torch.device]:
 
 # ------------------------------------------------------------------------------------------------
 # image processor
-class AlphaCLIPImageProcessor:
+class RGBAImageProcessor:
     """The image processor of :class:`AlphaCLIPVisionTower`: images (+ regions) -> ``[B, 4, S, S]``.
 
     Speaks the part of ``CLIPImageProcessor`` that LLaVA uses. Channels 0-2 of the output are the
@@ -96,7 +96,7 @@ class AlphaCLIPImageProcessor:
         self.crop_size: Dict[str, int] = {"height": size, "width": size}
 
     def __repr__(self) -> str:
-        return f"AlphaCLIPImageProcessor({self.transform!r})"
+        return f"RGBAImageProcessor({self.transform!r})"
 
     def preprocess(self, images: Any, masks: Optional[Sequence[Any]] = None, boxes: Optional[Sequence[Any]] = None,
                    return_tensors: Optional[str] = "pt", **kwargs: Any) -> Dict[str, torch.Tensor]:
@@ -113,7 +113,7 @@ class AlphaCLIPImageProcessor:
             kwargs: other ``CLIPImageProcessor`` options are not supported and raise ValueError.
         """
         if kwargs:
-            raise ValueError(f"AlphaCLIPImageProcessor.preprocess: unsupported options {sorted(kwargs)}; the "
+            raise ValueError(f"RGBAImageProcessor.preprocess: unsupported options {sorted(kwargs)}; the "
                              "geometry is fixed by size/mode at construction")
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
@@ -165,7 +165,7 @@ class AlphaCLIPVisionTower(nn.Module):
         self._config = _config_from_state_dict(visual.state_dict())
         self.vision_tower = visual
         self._cfg_only = None
-        self.image_processor = AlphaCLIPImageProcessor(self._config.image_size, self.processor_mode)
+        self.image_processor = RGBAImageProcessor(self._config.image_size, self.processor_mode)
         n = len(visual.transformer.resblocks)
         if not (-n - 1 <= self.select_layer <= n):
             raise ValueError(f"mm_vision_select_layer: {self.select_layer} is out of range for a tower with {n} "
