@@ -150,6 +150,8 @@ def test_tower_interface(files):
     proc = tower.image_processor
     assert proc.crop_size == {"height": 32, "width": 32} and proc.size == {"shortest_edge": 32}
     assert proc.image_mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert proc.transform.mode == "crop"
+    assert build(f"alpha-clip:{files['ref']}", mm_vision_alpha_mode="pad").image_processor.transform.mode == "pad"
 
 
 def test_tower_features_match_open_clip_penultimate_layer(files, models):

@@ -158,6 +158,10 @@ class AlphaCLIPVisionTower(nn.Module):
             logger.info("%s is already loaded, `load_model` called again, skipping.", self.vision_tower_name)
             return
         visual = load_alpha_visual(self.checkpoint, self.base)
+        n = len(visual.transformer.resblocks)
+        if not (-n - 1 <= self.select_layer <= n):
+            raise ValueError(f"mm_vision_select_layer: {self.select_layer} is out of range for a tower with {n} "
+                             f"blocks (hidden states -{n + 1}..{n})")
         visual.requires_grad_(False)
         device = _device_of(device_map)
         if device is not None:
@@ -166,10 +170,6 @@ class AlphaCLIPVisionTower(nn.Module):
         self.vision_tower = visual
         self._cfg_only = None
         self.image_processor = RGBAImageProcessor(self._config.image_size, self.processor_mode)
-        n = len(visual.transformer.resblocks)
-        if not (-n - 1 <= self.select_layer <= n):
-            raise ValueError(f"mm_vision_select_layer: {self.select_layer} is out of range for a tower with {n} "
-                             f"blocks (hidden states -{n + 1}..{n})")
         self.is_loaded = True
 
     # --- features -------------------------------------------------------------------------------
