@@ -342,6 +342,24 @@ def test_tiny_llava_llama_forward_and_generate_with_rgba(files):
     torch.testing.assert_close(out[:, 0], logits[:, -1].argmax(-1))
 
 
+def test_llava_save_and_from_pretrained_keeps_the_alpha_tower(files, tmp_path):
+    """LLaVA's own checkpoint flow: the config stores mm_vision_tower='alpha-clip:...'; from_pretrained
+    builds the tower delayed and load_model() reads the Alpha-CLIP file (as LLaVA's builder does)."""
+    torch.manual_seed(0)
+    model = LlavaLlamaForCausalLM(tiny_llava_config(f"alpha-clip:{files['ref']}")).eval()
+    model.get_vision_tower().load_model()
+    model.save_pretrained(tmp_path)
+    loaded = LlavaLlamaForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.mm_vision_tower == f"alpha-clip:{files['ref']}"
+    tower = loaded.get_vision_tower()
+    assert isinstance(tower, original.AlphaCLIPVisionTower) and not tower.is_loaded
+    tower.load_model()
+    x = rgba()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=_prompt(), images=x).logits,
+                                   model(input_ids=_prompt(), images=x).logits, rtol=0, atol=0)
+
+
 def test_initialize_vision_modules_like_llava_train(files):
     """LLaVA's train path: a language model without a tower + model_args.vision_tower (llava_arch's name)."""
     torch.manual_seed(0)
