@@ -341,6 +341,42 @@ def test_convert_llava_folder(setup, tmp_path):
     torch.testing.assert_close(logits(model, inputs), logits(setup["alpha"], inputs), rtol=1e-5, atol=1e-5)
 
 
+def test_convert_legacy_llava_hf_layout(setup, tmp_path):
+    """llava-hf folders on the hub keep transformers 4.x key names; they convert the same."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+    d = setup["dir"]
+    legacy = tmp_path / "legacy"
+    shutil.copytree(d / "llava", legacy)
+
+    def to_legacy(path):
+        renamed = {}
+        for k, v in load_file(path).items():
+            if k.startswith("model.language_model."):
+                k = "language_model.model." + k[len("model.language_model."):]
+            elif k.startswith("lm_head."):
+                k = "language_model." + k
+            elif k.startswith("model.vision_tower."):
+                k = "vision_tower.vision_model." + k[len("model.vision_tower."):]
+            elif k.startswith("model.multi_modal_projector."):
+                k = k[len("model."):]
+            renamed[k] = v
+        assert not any(k.startswith("model.") for k in renamed)
+        save_file(renamed, path, metadata={"format": "pt"})
+
+    to_legacy(legacy / "model.safetensors")
+    out = convert_llava(legacy, d / "ref.pth", tmp_path / "alpha")
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    inputs = region_inputs(AutoProcessor.from_pretrained(out), [box_mask(2, 20, 4, 30), None])
+    expected = logits(setup["alpha"], inputs)
+    torch.testing.assert_close(logits(model, inputs), expected, rtol=1e-5, atol=1e-5)
+    # an alpha LLaVA folder in the legacy layout loads too (LLaVA's key renaming is registered for alpha_llava)
+    to_legacy(out / "model.safetensors")
+    again = AutoModelForImageTextToText.from_pretrained(out).eval()
+    torch.testing.assert_close(logits(again, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_convert_errors_and_cli(setup, tmp_path, capsys):
     from alphaclip_integrations.llava.__main__ import main
     d = setup["dir"]

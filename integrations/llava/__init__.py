@@ -16,6 +16,7 @@ alpha LLaVA folder. The original LLaVA code base (``llava-torch``) lives in
 from __future__ import annotations
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
 from alphaclip_integrations.hf import AlphaCLIPImageProcessor
 
@@ -42,6 +43,11 @@ def register() -> None:
     AutoImageProcessor.register(AlphaLlavaConfig, image_processor_classes={"torchvision": AlphaCLIPImageProcessor},
                                 exist_ok=True)
     AutoProcessor.register(AlphaLlavaConfig, AlphaLlavaProcessor, exist_ok=True)
+    # folders in transformers 4.x's LLaVA key layout (language_model.model.*, vision_tower.vision_model.*)
+    # load like transformers' own LLaVA does
+    llava_rules = get_checkpoint_conversion_mapping("llava")
+    if llava_rules:
+        register_checkpoint_conversion_mapping(AlphaLlavaConfig.model_type, llava_rules, overwrite=True)
     _registered = True
 
 
