@@ -175,6 +175,20 @@ def test_tower_features_match_open_clip_penultimate_layer(files, models):
     assert tower(x.double()).dtype == torch.float64
 
 
+@pytest.mark.parametrize("dtype,atol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_half_precision_tower(files, dtype, atol):
+    """LLaVA's builder casts the tower to fp16: the normalised alpha survives the cast (range check passes)
+    and the features stay close to fp32 (features are ~4 in magnitude here)."""
+    tower = build(f"alpha-clip:{files['ref']}")
+    x = rgba()
+    ref = tower(x)
+    tower.to(dtype=dtype)
+    assert tower.dtype == dtype
+    out = tower(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, rtol=0, atol=atol)
+
+
 def test_select_layer_and_cls_patch(files, models):
     alpha_model, _ = models
     x = rgba()
