@@ -9,9 +9,10 @@ converter instead (:mod:`alphaclip_integrations.llava.convert`), which needs no 
 Which entries run where (llava-torch 1.2.2.post1 is installed with ``--no-deps``):
 
 - with this project's environment (transformers 5.x), given LLaVA's light extra dependencies:
-  ``builder`` (``llava.model.builder``, import check), ``run`` / ``cli`` need ``requests``;
-  ``vqa`` / ``vqa-loader`` / ``vqa-science`` need ``shortuuid``; generation works through the
-  transformers-5 shim in :mod:`alphaclip_integrations.llava.compat`.
+  ``builder`` (``llava.model.builder``, import check); the eval/serve entries load models with
+  LLaVA's ``load_pretrained_model``, which needs ``accelerate`` (it passes a ``device_map``);
+  ``run`` / ``cli`` also need ``requests``, ``vqa`` / ``vqa-loader`` / ``vqa-science`` ``shortuuid``.
+  Generation works through the transformers-5 shim in :mod:`alphaclip_integrations.llava.compat`.
 - only in LLaVA's pinned environment (transformers 4.37.2, deepspeed, flash-attn for train-mem):
   ``train``, ``train-mem``: ``llava.train.train`` imports ``ALL_LAYERNORM_LAYERS`` from
   ``transformers.trainer``, which transformers 5 removed.
