@@ -409,9 +409,18 @@ def test_readme_examples_run(tmp_path, monkeypatch):
     write_fixtures(tmp_path, llava_name="llava-1.5-7b-hf", ref_name="clip_l14@336_grit1m_fultune_8xe.pth")
     Image.fromarray(picture(240, 320)).save(tmp_path / "cat.jpg")
     monkeypatch.chdir(tmp_path)
+    from alphaclip_integrations.llava import original  # the README installs its hook; undo it afterwards
+
+    spaces = []
     try:
         for block in blocks:
-            exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+            spaces.append({"__name__": "__readme__"})
+            exec(compile(block, "README.md", "exec"), spaces[-1])
+        assert original.installed()
+        hf_ns, llava_ns = spaces[0], spaces[1]
+        assert isinstance(hf_ns["model"], AlphaLlavaForConditionalGeneration)
+        assert hf_ns["inputs"]["alpha_values"].shape == (2, 1, 32, 32)  # two regions -> two rows
+        assert llava_ns["features"].shape == (1, PATCHES, 128)
+        assert llava_ns["images"].shape == (1, 4, 32, 32)
     finally:
-        if "alphaclip_integrations.llava.original" in __import__("sys").modules:
-            __import__("alphaclip_integrations.llava.original", fromlist=["uninstall"]).uninstall()
+        original.uninstall()
