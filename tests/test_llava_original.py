@@ -412,3 +412,28 @@ def test_entry_installs_hook_and_runs_llava_module(tmp_path, monkeypatch, capsys
     with pytest.raises(ImportError, match="llava.train.train needs LLaVA's pinned environment"):
         entry_main(["train", "--help"])
     sys.modules.pop("llava.probe", None)
+
+
+def test_original_part_imports_without_the_native_part_under_transformers_4():
+    """LLaVA trains in its pinned environment (transformers 4.37): there the package must import without
+    the transformers-5-only native model (simulated by the version string, in a fresh interpreter)."""
+    import subprocess
+    code = (
+        "import sys, transformers\n"
+        "transformers.__version__ = '4.37.2'\n"
+        "from alphaclip_integrations.llava import original\n"
+        "import alphaclip_integrations.llava as pkg\n"
+        "assert 'alphaclip_integrations.llava.native' not in sys.modules\n"
+        "assert 'alphaclip_integrations.hf' not in sys.modules\n"
+        "original.install(compat=False)\n"
+        "assert original.installed()\n"
+        "try:\n"
+        "    pkg.AlphaLlavaConfig\n"
+        "except ImportError as e:\n"
+        "    print('ImportError:', e)\n"
+    )
+    env = {**__import__("os").environ}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ImportError: alphaclip_integrations.llava.AlphaLlavaConfig needs transformers >= 5 (found 4.37.2)" in res.stdout
+

@@ -12,43 +12,35 @@ Importing this module (transformers only; llava-torch is not needed) registers, 
 alpha LLaVA folder. The original LLaVA code base (``llava-torch``) lives in
 :mod:`alphaclip_integrations.llava.original` (imported on demand: it imports ``llava``);
 ``python -m alphaclip_integrations.llava`` runs LLaVA's entry points with the alpha tower.
+
+Under transformers 4.x (LLaVA's pinned environment, where LLaVA trains) only the original-LLaVA part
+imports; the transformers-native names then raise ImportError when used.
 """
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
-from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from typing import Any
 
-from alphaclip_integrations.hf import AlphaCLIPImageProcessor
+import transformers
 
-from .convert import convert_llava
 from .inputs import paired_batch
-from .modeling_alpha_llava import AlphaLlavaConfig, AlphaLlavaForConditionalGeneration, AlphaLlavaModel
-from .processing_alpha_llava import AlphaLlavaProcessor
 from .weights import PREFIX, load_alpha_visual, parse_tower_name
 
 __all__ = ["AlphaLlavaConfig", "AlphaLlavaModel", "AlphaLlavaForConditionalGeneration", "AlphaLlavaProcessor",
            "convert_llava", "load_alpha_visual", "parse_tower_name", "paired_batch", "PREFIX", "register"]
 
-_registered = False
+_NATIVE = ("AlphaLlavaConfig", "AlphaLlavaModel", "AlphaLlavaForConditionalGeneration", "AlphaLlavaProcessor",
+           "convert_llava", "register")
 
+if int(transformers.__version__.split(".")[0]) >= 5:
+    from .native import (AlphaLlavaConfig, AlphaLlavaForConditionalGeneration, AlphaLlavaModel,  # noqa: F401
+                         AlphaLlavaProcessor, convert_llava, register)
 
-def register() -> None:
-    """Register the alpha LLaVA with transformers' Auto classes (idempotent; runs on import)."""
-    global _registered
-    if _registered:
-        return
-    AutoConfig.register(AlphaLlavaConfig.model_type, AlphaLlavaConfig, exist_ok=True)
-    AutoModel.register(AlphaLlavaConfig, AlphaLlavaModel, exist_ok=True)
-    AutoModelForImageTextToText.register(AlphaLlavaConfig, AlphaLlavaForConditionalGeneration, exist_ok=True)
-    AutoImageProcessor.register(AlphaLlavaConfig, image_processor_classes={"torchvision": AlphaCLIPImageProcessor},
-                                exist_ok=True)
-    AutoProcessor.register(AlphaLlavaConfig, AlphaLlavaProcessor, exist_ok=True)
-    # folders in transformers 4.x's LLaVA key layout (language_model.model.*, vision_tower.vision_model.*)
-    # load like transformers' own LLaVA does
-    llava_rules = get_checkpoint_conversion_mapping("llava")
-    if llava_rules:
-        register_checkpoint_conversion_mapping(AlphaLlavaConfig.model_type, llava_rules, overwrite=True)
-    _registered = True
+    register()
+else:  # LLaVA's pinned environment: alphaclip_integrations.llava.original works, the native model does not
 
-
-register()
+    def __getattr__(name: str) -> Any:
+        if name in _NATIVE:
+            raise ImportError(f"alphaclip_integrations.llava.{name} needs transformers >= 5 (found "
+                              f"{transformers.__version__}); under LLaVA's pinned environment use "
+                              "alphaclip_integrations.llava.original")
+        raise AttributeError(f"module 'alphaclip_integrations.llava' has no attribute {name!r}")
