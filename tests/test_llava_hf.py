@@ -1,6 +1,7 @@
 """Transformers-native alpha LLaVA: model, generate with alpha, processor, Auto*, save/load, converter, README."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -336,6 +337,7 @@ def test_convert_llava_folder(setup, tmp_path):
             torch.testing.assert_close(new[k], v, rtol=0, atol=0)
     conv1_alpha = setup["alpha_clip"].visual.conv1_alpha.weight
     torch.testing.assert_close(new["model.vision_tower.embeddings.patch_embedding_alpha.weight"], conv1_alpha)
+    assert proc.image_processor.mode == "crop"  # the source has no padding image processor
     # the converted folder behaves like the in-memory conversion
     inputs = region_inputs(proc, [box_mask(2, 20, 4, 30), None])
     torch.testing.assert_close(logits(model, inputs), logits(setup["alpha"], inputs), rtol=1e-5, atol=1e-5)
@@ -366,7 +368,14 @@ def test_convert_legacy_llava_hf_layout(setup, tmp_path):
         save_file(renamed, path, metadata={"format": "pt"})
 
     to_legacy(legacy / "model.safetensors")
+    # llava-hf's image processor config (LlavaImageProcessor): do_pad -> the alpha processor pads too
+    (legacy / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "LlavaImageProcessor", "do_pad": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.25, 0.25, 0.25], "crop_size": {"height": 32, "width": 32}}))
     out = convert_llava(legacy, d / "ref.pth", tmp_path / "alpha")
+    ip = AutoProcessor.from_pretrained(out).image_processor
+    assert ip.mode == "pad" and ip.image_mean == [0.5, 0.5, 0.5] and ip.image_std == [0.25, 0.25, 0.25]
+    out = convert_llava(legacy, d / "ref.pth", tmp_path / "alpha", mode="crop")
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     inputs = region_inputs(AutoProcessor.from_pretrained(out), [box_mask(2, 20, 4, 30), None])
     expected = logits(setup["alpha"], inputs)

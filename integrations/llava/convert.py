@@ -11,11 +11,12 @@ tower's own weights, the result computes exactly what the LLaVA folder computes.
 
 Command line::
 
-    python -m alphaclip_integrations.llava convert LLAVA_FOLDER CHECKPOINT [--base BASE] -o OUT [--mode crop]
+    python -m alphaclip_integrations.llava convert LLAVA_FOLDER CHECKPOINT [--base BASE] -o OUT [--mode pad]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -94,7 +95,7 @@ def alpha_llava_from_llava(llava: LlavaForConditionalGeneration, checkpoint: Pat
 
 
 def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike, base: Optional[PathLike] = None,
-                  *, mode: str = "crop", dtype: Optional[torch.dtype] = None) -> Path:
+                  *, mode: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Path:
     """Write an alpha LLaVA folder (``save_pretrained`` layout, loads with ``AutoModelForImageTextToText``
     after ``import alphaclip_integrations.llava``).
 
@@ -102,7 +103,10 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
         llava_folder: a transformers LLaVA folder (e.g. a download of ``llava-hf/llava-1.5-7b-hf``).
         checkpoint, base: the Alpha-CLIP weights (see :func:`alpha_llava_from_llava`).
         output: the new folder: config, weights and, if ``llava_folder`` has a tokenizer, an
-            :class:`AlphaLlavaProcessor` (tokenizer + alpha image processor with ``mode``).
+            :class:`AlphaLlavaProcessor` (tokenizer + alpha image processor).
+        mode: the image + alpha geometry (``crop``, ``pad``, ``squash``); default: ``pad`` if the LLaVA
+            folder's image processor pads to a square (``do_pad``, LLaVA-1.5's own ``pad`` preprocessing),
+            else ``crop`` (CLIP's resize + centre crop). Mean/std are taken from that image processor too.
         dtype: load (and write) the LLaVA weights in this dtype (default: as stored).
     Returns:
         ``output`` as a Path.
@@ -120,7 +124,11 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
         logger.warning("%s has no loadable tokenizer (%s); writing the model without a processor", llava_folder, e)
         return output
     vc = model.config.vision_config
-    image_processor = AlphaCLIPImageProcessor(size=vc.image_size, mode=mode)
+    source = _image_processor_config(llava_folder)
+    if mode is None:
+        mode = "pad" if source.get("do_pad") else "crop"
+    norm = {k: source[k] for k in ("image_mean", "image_std") if isinstance(source.get(k), list) and len(source[k]) == 3}
+    image_processor = AlphaCLIPImageProcessor(size=vc.image_size, mode=mode, **norm)
     chat_template = getattr(tokenizer, "chat_template", None)
     processor = AlphaLlavaProcessor(image_processor, tokenizer, patch_size=vc.patch_size,
                                     vision_feature_select_strategy=model.config.vision_feature_select_strategy,
@@ -128,6 +136,22 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
     processor.save_pretrained(output)
     logger.info("wrote %s", output)
     return output
+
+
+def _image_processor_config(folder: Path) -> dict:
+    """The LLaVA folder's image processor settings (``preprocessor_config.json`` or the ``image_processor``
+    entry of ``processor_config.json``), or {}."""
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        path = folder / name
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as e:
+                raise ValueError(f"llava_folder: {path} is not valid JSON: {e}") from None
+            data = data.get(key, {}) if key else data
+            if isinstance(data, dict) and data:
+                return data
+    return {}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -138,7 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("checkpoint", help="Alpha-CLIP weights: reference .pth, whole Alpha-CLIP, or plain CLIP")
     p.add_argument("--base", default=None, help="plain CLIP loaded first (optional)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--mode", default="crop", choices=("crop", "pad", "squash"), help="image+alpha geometry")
+    p.add_argument("--mode", default=None, choices=("crop", "pad", "squash"),
+                   help="image+alpha geometry (default: pad if the LLaVA image processor pads, else crop)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
