@@ -23,20 +23,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
-import time
 import types
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".dev"))  # running from a source checkout
 
 from transformers import CLIPVisionConfig, CLIPVisionModel  # noqa: E402
 
+from _common import describe, machine, timed  # noqa: E402
+from alphaclip_core.checkpoints import open_clip_to_reference  # noqa: E402
 from alphaclip_core.model import WHOLE_IMAGE_ALPHA, AlphaCLIP  # noqa: E402
 from alphaclip_integrations.hf import AlphaCLIPVisionConfig, vision_model_from_state_dict  # noqa: E402
 from alphaclip_integrations.llava.weights import read_visual  # noqa: E402
@@ -49,32 +47,9 @@ ARCHS = {
 TEXT = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=1)
 
 
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
-
-
-def timed(fn, reps: int, device: str) -> float:
+def timed_median(fn, reps: int, device: str) -> float:
     fn()  # warm-up
-    out = []
-    for _ in range(reps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
-
-
-def reference_state_dict(model: AlphaCLIP) -> dict:
-    """The vision tower in the reference release's key names (visual-only, ``attn.in_proj.weight``)."""
-    sd = {}
-    for k, v in model.visual.state_dict().items():
-        sd[k.replace(".attn.in_proj_weight", ".attn.in_proj.weight").replace(".attn.in_proj_bias", ".attn.in_proj.bias")] = v
-    return sd
+    return statistics.median(timed(fn, device) for _ in range(reps))
 
 
 def main() -> None:
@@ -96,7 +71,7 @@ def main() -> None:
     original.install()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "alpha.pth"
-        torch.save(reference_state_dict(model), ckpt)
+        torch.save(open_clip_to_reference(model.state_dict()), ckpt)
         llava_tower = original.AlphaCLIPVisionTower(
             f"alpha-clip:{ckpt}", types.SimpleNamespace(mm_vision_select_layer=-2, mm_vision_select_feature="patch"))
         sd = read_visual(ckpt)
@@ -134,7 +109,7 @@ def main() -> None:
     def run_llava_alpha():
         return llava_tower(rgba)
 
-    seconds = {name: timed(fn, args.reps, args.device)
+    seconds = {name: timed_median(fn, args.reps, args.device)
                for name, fn in (("clip", run_clip), ("hf-alpha", run_hf_alpha), ("llava-alpha", run_llava_alpha))}
     diff_alpha = float((run_hf_alpha().float() - run_llava_alpha().float()).abs().max())
     with torch.no_grad():
@@ -146,7 +121,7 @@ def main() -> None:
 
     tag = args.tag or args.device.split(":")[0]
     result = {
-        "machine": machine(args.device), "arch": args.arch, "batch": b, "precision": args.precision,
+        "machine": describe(machine(args.device)), "arch": args.arch, "batch": b, "precision": args.precision,
         "reps": args.reps, "median_seconds_per_batch": seconds,
         "images_per_second": {k: b / v for k, v in seconds.items()},
         "max_abs_diff": {"hf-alpha vs llava-alpha (same alpha)": diff_alpha,

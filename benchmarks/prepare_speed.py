@@ -25,7 +25,6 @@ import io
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -40,6 +39,7 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from alphaclip_train.prepare import prepare_grounding, write_webdataset
+from _common import describe, machine  # noqa: E402
 from alphaclip_train.sam import predict_boxes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -93,19 +93,6 @@ def naive(predictor: SamPredictor, image: np.ndarray, boxes: np.ndarray) -> None
     for b in boxes:
         predictor.set_image(image)
         predictor.predict(box=b, multimask_output=False)
-
-
-def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.machine()}
-    try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def main() -> None:
@@ -196,8 +183,7 @@ def main() -> None:
              f"Small random-init SAM: {args.img_size} px input, image encoder dim {args.encoder_dim} x depth "
              f"{args.encoder_depth}, SAM's real mask decoder. {args.images} images of {args.width}x{args.height}, "
              f"{args.boxes} boxes each; median of {args.rounds} alternating rounds.",
-             f"Machine: {result['machine'].get('cpu_model', result['machine']['cpu'])}, "
-             f"{result['machine']['threads']} torch threads ({os.cpu_count()} CPUs), torch {torch.__version__}; "
+             f"Machine: {describe(result['machine'])}; "
              f"load average (1/5/15 min) {load_start} at the start, {result['machine']['loadavg_end']} at the end "
              "(other jobs shared the machine: compare within a round).", "",
              "| variant | median s | min s | images/s | regions/s | ms/region |", "|---|---|---|---|---|---|"]

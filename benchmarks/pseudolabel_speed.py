@@ -17,36 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import time
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / ".dev"))  # running from a source checkout
 
 import open_clip  # noqa: E402
 
 import alphaclip_integrations.open_clip  # noqa: E402,F401
+from _common import describe, machine, sync  # noqa: E402
 from alphaclip_core.alpha import boxes_to_masks, prepare, rle_decode, rle_encode  # noqa: E402
 from alphaclip_core.region_classifier import vocabulary_embeddings  # noqa: E402
 from alphaclip_train.pseudolabel import Candidate, PseudoLabelConfig, PseudoLabeler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, {os.cpu_count()} cores"
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def make_candidates(rng: np.random.Generator, n: int, h: int, w: int, masks: bool):
@@ -130,7 +117,7 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
     tag = args.tag or args.device.split(":")[0]
     result = {"benchmark": "pseudolabel_speed", "model": args.model, "device": args.device,
-              "precision": args.precision, "machine": machine(args.device), "torch": torch.__version__,
+              "precision": args.precision, "machine": describe(machine(args.device)), "torch": torch.__version__,
               "image_size": [args.height, args.width], "classes": args.classes,
               "text_tower": None if text_seconds is None else {"classes": args.text_classes, "prompts": 8,
                                                                "seconds": round(text_seconds, 3)},

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
 import numpy as np
 import torch
@@ -38,6 +36,7 @@ from alphaclip_core.alpha import PairedTransform, prepare
 from alphaclip_core.checkpoints import atomic_write
 from alphaclip_core.model import AlphaCLIP
 from alphaclip_core.regions import score_regions
+from _common import describe, machine as machine_info, timed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,16 +69,6 @@ def random_masks(k: int, h: int, w: int, seed: int = 0) -> np.ndarray:
         out[i, y0:y1, x0:x1] = True
         out[i, y0 + (y1 - y0) // 3:y1 - (y1 - y0) // 3, x0 + (x1 - x0) // 3:x1 - (x1 - x0) // 3] = False
     return out
-
-
-def timed(fn: Callable[[], object], device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
 
 
 def per_mask_pil(image, masks: np.ndarray, size: int):
@@ -175,16 +164,13 @@ def main(argv: List[str] | None = None) -> int:
             prep.append(row)
             print(json.dumps(row), flush=True)
 
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+    machine = {**machine_info(device), "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
                "loadavg_start": load0, "loadavg_end": os.getloadavg()}
     cfg = {"model": args.model, "input": size, "precision": args.precision, "image": f"{w}x{h}",
            "batch_size": args.batch_size, "repeats": args.repeats, "params_visual": sum(p.numel() for p in model.visual.parameters())}
     payload = {"config": cfg, "machine": machine, "region_scoring": speed, "alpha_preparation": prep}
     lines = [f"## Region scoring speed ({cfg['model']}, {size}px, {args.precision}, device {machine['device']})", "",
-             f"Machine: {machine['processor']}, {machine['cpu_count']} CPUs, torch {machine['torch']} "
-             f"({machine['threads']} threads); load average {load0[0]:.1f} at start, "
+             f"Machine: {describe(machine)}; load average {load0[0]:.1f} at start, "
              f"{machine['loadavg_end'][0]:.1f} at end. Vision tower {cfg['params_visual'] / 1e6:.1f}M parameters; "
              f"one {w}x{h} image; batch size {args.batch_size}; best of {args.repeats} timed run(s).", "",
              "| K regions | one at a time (regions/s) | batched, image prepared once (regions/s) | speed-up |",

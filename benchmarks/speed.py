@@ -13,32 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
-import time
 from pathlib import Path
 
 import open_clip
 import torch
 
 import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
+from _common import describe, machine, timed
 from alphaclip_core import normalize_alpha
 
 RESULTS = Path(__file__).resolve().parent / "results"
 logger = logging.getLogger("benchmarks.speed")
-
-
-def machine(device: str) -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "open_clip": open_clip.__version__,
-            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
-    try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def main() -> None:
@@ -55,8 +41,9 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     torch.manual_seed(0)
     alpha_model = open_clip.create_model(args.model).eval()
-    plain_name = args.model.replace("alpha-", "", 1)
-    plain = open_clip.create_model(plain_name, pretrained=None, force_quick_gelu=True).eval()
+    cfg = open_clip.get_model_config(args.model)
+    cfg.pop("alpha_clip")
+    plain = open_clip.CLIP(**cfg).eval()  # the same architecture without the alpha conv
     plain.load_state_dict({k: v for k, v in alpha_model.state_dict().items() if "conv1_alpha" not in k})
     alpha_model.visual.conv1_alpha.weight.data.normal_(0, 0.02)
     alpha_model.to(args.device, dtype)
@@ -73,15 +60,6 @@ def main() -> None:
         "alpha, whole image (None)": lambda: alpha_model.encode_image(x),
     }
 
-    def timed(fn) -> float:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
-
     times = {k: [] for k in variants}
     with torch.inference_mode():
         for _ in range(args.warmup):
@@ -92,7 +70,7 @@ def main() -> None:
             if r % 2:
                 order.reverse()
             for name, fn in order:
-                times[name].append(timed(fn))
+                times[name].append(timed(fn, args.device))
             logger.info("round %d/%d: %s", r + 1, args.rounds,
                         ", ".join(f"{k} {v[-1] * 1e3:.1f} ms" for k, v in times.items()))
 
@@ -103,16 +81,15 @@ def main() -> None:
         rows.append({"variant": name, "median_ms": round(med * 1e3, 2), "min_ms": round(min(ts) * 1e3, 2),
                      "images_per_s": round(args.batch / med, 2), "ratio_to_plain": round(med / base, 4)})
     result = {"benchmark": "encode_image alpha vs plain", "model": args.model, "batch": args.batch,
-              "dtype": args.dtype, "device": args.device, "rounds": args.rounds, "machine": machine(args.device),
-              "results": rows}
+              "dtype": args.dtype, "device": args.device, "rounds": args.rounds,
+              "machine": {**machine(args.device), "open_clip": open_clip.__version__}, "results": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"speed_{args.device.split(':')[0]}_{args.dtype}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     lines = [f"# encode_image: Alpha-CLIP vs plain open_clip ({args.model}, batch {args.batch}, {args.dtype}, "
              f"{args.device})", "",
-             f"Machine: {m.get('cpu_model', m['cpu'])}, {m['threads']} torch threads"
-             + (f", GPU {m['gpu']}" if "gpu" in m else "") + f"; torch {m['torch']}, open_clip {m['open_clip']}. "
+             f"Machine: {describe(m)}, open_clip {m['open_clip']}; load average {m['loadavg'][0]:.1f}. "
              f"Median of {args.rounds} alternating rounds.", "",
              "| variant | median ms | min ms | images/s | ratio to plain |", "|---|---|---|---|---|"]
     lines += [f"| {r['variant']} | {r['median_ms']} | {r['min_ms']} | {r['images_per_s']} | {r['ratio_to_plain']} |"
