@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
+from typing import List
 
 import pytest
 import torch
@@ -97,3 +100,14 @@ def write_torchscript_archive(sd: dict, path) -> None:
             mod = getattr(mod, p)
         mod.register_buffer(leaf, value.clone())
     torch.jit.save(torch.jit.script(root), str(path))
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_blocks(heading: str, lang: str = "python") -> List[str]:
+    """The fenced ``lang`` code blocks of the README section whose ``## `` heading starts with ``heading``."""
+    text = README.read_text()
+    start = text.index(f"\n## {heading}")
+    end = text.find("\n## ", start + 1)
+    return re.findall(rf"```{lang}\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)

@@ -3,20 +3,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-HEADING = "## Open-vocabulary detection"
+from conftest import readme_blocks
 
+HEADING = "Open-vocabulary detection"
 
-def section_blocks() -> list:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(HEADING)
-    end = text.find("\n## ", start + len(HEADING))
-    return re.findall(r"```python\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
 
 
 def write_files(folder: Path) -> None:
@@ -34,7 +28,7 @@ def write_files(folder: Path) -> None:
 
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
-    blocks = section_blocks()
+    blocks = readme_blocks(HEADING)
     assert len(blocks) == 4, "expected the classifier, pseudo-label, detectron2 and mmengine examples"
     write_files(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import readme_blocks
 import torch
 from PIL import Image
 
@@ -451,9 +453,7 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
 
 # ------------------------------------------------------------------------------------------------ README
 def test_readme_section_python_blocks_run(tmp_path, monkeypatch):
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Evaluation and where-is search", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    blocks = readme_blocks("Evaluation and where-is search")
     assert blocks, "no python block in the README section"
     monkeypatch.chdir(tmp_path)
     Image.fromarray(quadrants("red", "green", "blue", "yellow")).save("street.jpg")

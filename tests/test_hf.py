@@ -1,7 +1,6 @@
 """transformers integration: same numbers as open_clip, Auto* loading, remote code, processors, pipeline, CLI."""
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ from alphaclip_core import AlphaCLIP, CheckpointError, normalize_alpha, prepare
 from alphaclip_core.cli import main as cli_main
 from alphaclip_core.regions import classify_regions
 from alphaclip_integrations.hf.convert import hf_to_open_clip_state_dict, open_clip_to_hf_state_dict
-from conftest import TINY_CFG, openai_state_dict, randomize_alpha_conv, reference_state_dict, tiny_cfg
+from conftest import readme_blocks, TINY_CFG, openai_state_dict, randomize_alpha_conv, reference_state_dict, tiny_cfg
 
 ATOL = 2e-5  # fp32, same weights, different kernels (fused MHA vs split q/k/v): measured ~1e-6
 REPO = Path(__file__).resolve().parents[1]
@@ -486,16 +485,9 @@ def test_cli_convert_to_hf_and_back(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ README
-def _readme_blocks(heading: str):
-    text = (REPO / "README.md").read_text()
-    start = text.index(heading)
-    nxt = re.search(r"^## ", text[start + len(heading):], flags=re.M)
-    section = text[start:start + len(heading) + nxt.start()] if nxt else text[start:]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
-
 
 def test_readme_examples_run(tmp_path, monkeypatch):
-    blocks = _readme_blocks("## Hugging Face transformers")
+    blocks = readme_blocks("Hugging Face transformers")
     assert blocks
     monkeypatch.chdir(tmp_path)
     Image.fromarray(_image(120, 160)).save(tmp_path / "cat.jpg")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from alphaclip_integrations.hf import (AlphaCLIPImageProcessor, AlphaCLIPVisionC
 from alphaclip_integrations.llava import (AlphaLlavaConfig, AlphaLlavaForConditionalGeneration, AlphaLlavaModel,
                                           AlphaLlavaProcessor, convert_llava)
 from alphaclip_integrations.llava.convert import alpha_llava_from_llava
-from conftest import openai_state_dict, randomize_alpha_conv, reference_state_dict
+from conftest import readme_blocks, openai_state_dict, randomize_alpha_conv, reference_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny CLIP the towers read off the weights: width 128 (2 heads of 64), 3 blocks, 32px, 8px patches
@@ -403,17 +402,10 @@ def test_convert_errors_and_cli(setup, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ README
-def _readme_blocks(heading: str):
-    text = (REPO / "README.md").read_text()
-    start = text.index(heading)
-    nxt = re.search(r"^## ", text[start + len(heading):], flags=re.M)
-    section = text[start:start + len(heading) + nxt.start()] if nxt else text[start:]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
-
 
 def test_readme_examples_run(tmp_path, monkeypatch):
     pytest.importorskip("llava", reason="the README's original-LLaVA example needs llava-torch")
-    blocks = _readme_blocks("## LLaVA")
+    blocks = readme_blocks("LLaVA")
     assert len(blocks) >= 2
     write_fixtures(tmp_path, llava_name="llava-1.5-7b-hf", ref_name="clip_l14@336_grit1m_fultune_8xe.pth")
     Image.fromarray(picture(240, 320)).save(tmp_path / "cat.jpg")

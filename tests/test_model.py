@@ -1,7 +1,6 @@
 """The alpha vision tower: zero-init equivalence, where the alpha enters, and its input checks."""
 import pytest
 import torch
-from open_clip.model import CLIP
 
 from alphaclip_core import WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaVisionTransformer, add_alpha, normalize_alpha
 from conftest import TINY_CFG, randomize_alpha_conv

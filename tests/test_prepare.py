@@ -5,7 +5,6 @@ import io
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tarfile
@@ -25,7 +24,7 @@ from alphaclip_train.prepare.common import iter_webdataset
 from alphaclip_train.sam import load_sam, predict_boxes, tiny_sam
 from alphaclip_train.schema import iter_shard, validate_record
 
-from conftest import TINY_CFG, randomize_alpha_conv
+from conftest import readme_blocks, TINY_CFG, randomize_alpha_conv
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a brown dog on a red sofa"
@@ -510,16 +509,9 @@ def test_cli_prepare_classification_with_local_models(tmp_path, sam, captioner_d
 
 # ------------------------------------------------------------------------------------------------
 # README
-def _readme_blocks() -> list:
-    text = (REPO / "README.md").read_text()
-    start = text.index("## Data preparation")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end > 0 else None]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
-
 
 def test_readme_section_runs(tmp_path, monkeypatch):
-    blocks = _readme_blocks()
+    blocks = readme_blocks("Data preparation")
     assert blocks, "the README's data preparation section has no python example"
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

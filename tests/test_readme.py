@@ -2,9 +2,7 @@
 `alphaclip classify` command, on files written here under the names the README uses
 (random-init ViT-B/16 weights in the reference formats)."""
 import os
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -14,20 +12,10 @@ from PIL import Image
 
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.cli import main
-from conftest import openai_state_dict, randomize_alpha_conv, reference_state_dict
-
-README = Path(__file__).resolve().parent.parent / "README.md"
+from conftest import openai_state_dict, randomize_alpha_conv, readme_blocks, reference_state_dict
 
 
-def section(title: str) -> str:
-    text = README.read_text()
-    start = text.index(f"\n## {title}")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end > 0 else None]
 
-
-def blocks(text: str, lang: str):
-    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +36,7 @@ def workdir(tmp_path_factory):
 
 def test_main_job_example_runs(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
-    code = blocks(section("The main job"), "python")
+    code = readme_blocks("The main job")
     assert len(code) == 1
     scope: dict = {}
     exec(compile(code[0], "README:main-job", "exec"), scope)
@@ -60,7 +48,7 @@ def test_main_job_example_runs(workdir, monkeypatch, capsys):
 
 def test_main_job_command_runs(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
-    cmd = [b for b in blocks(section("The main job"), "bash") if "alphaclip classify" in b]
+    cmd = [b for b in readme_blocks("The main job", "bash") if "alphaclip classify" in b]
     assert len(cmd) == 1
     argv = shlex.split(cmd[0].replace("\\\n", " "))
     assert argv[0] == "alphaclip"
@@ -72,7 +60,7 @@ def test_main_job_command_runs(workdir, monkeypatch, capsys):
 
 def test_open_clip_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = blocks(section("open_clip"), "python")
+    code = readme_blocks("open_clip")
     assert len(code) == 1
     scope: dict = {}
     exec(compile(code[0], "README:open_clip", "exec"), scope)
