@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from alphaclip_core.alpha import rle_decode
 
-__all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "Sample"]
+__all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "iter_webdataset", "Sample"]
 
 SCHEMA_VERSION = 1
 Sample = Tuple[str, bytes, Dict[str, Any]]  # (key, image bytes, record)
@@ -131,31 +131,44 @@ class ShardWriter:
             self.abort()
 
 
+def iter_webdataset(path: Union[str, os.PathLike]) -> Iterator[Tuple[str, Dict[str, bytes]]]:
+    """Stream a webdataset/img2dataset tar: ``(key, {ext: bytes})`` per sample, in file order.
+
+    The key is a member's file name up to its first dot (``000123.jpg`` -> ``000123``); consecutive
+    members with one key form one sample. Memory holds one sample at a time. A truncated or corrupt
+    tar raises ``tarfile.TarError`` after the samples before the damage were yielded.
+    """
+    key: Optional[str] = None
+    parts: Dict[str, bytes] = {}
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, _, ext = Path(member.name).name.partition(".")
+            if k != key and key is not None:
+                yield key, parts          # the previous sample is complete before this member is read
+                parts = {}
+            key = k
+            parts[ext.lower()] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, parts
+
+
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
 def iter_shard(path: Union[str, os.PathLike]) -> Iterator[Sample]:
-    """Yield ``(key, image_bytes, record)`` for each complete sample of a shard, in order.
+    """Yield ``(key, image_bytes, record)`` for each complete sample of a shard, in order (streaming).
 
     Image members may be ``.jpg``, ``.jpeg``, ``.png`` or ``.webp``; a sample without an image or
     without a record is skipped. A record that is not JSON raises ``ValueError`` naming the member.
     """
-    images: Dict[str, bytes] = {}
-    records: Dict[str, Dict[str, Any]] = {}
-    order: List[str] = []
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = Path(member.name).name
-            key, _, ext = name.partition(".")
-            data = tar.extractfile(member).read()
-            if key not in images and key not in records:
-                order.append(key)
-            if ext in ("jpg", "jpeg", "png", "webp"):
-                images[key] = data
-            elif ext == "json":
-                try:
-                    records[key] = json.loads(data)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: member {member.name} is not valid JSON: {e}") from None
-    for key in order:
-        if key in images and key in records:
-            yield key, images[key], records[key]
+    for key, parts in iter_webdataset(path):
+        image = next((parts[e] for e in _IMAGE_EXTS if e in parts), None)
+        if image is None or "json" not in parts:
+            continue
+        try:
+            record = json.loads(parts["json"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: member {key}.json is not valid JSON: {e}") from None
+        yield key, image, record

@@ -20,10 +20,12 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
+
+from alphaclip_train.schema import iter_webdataset  # noqa: F401  (re-exported: input shards are read with it)
 
 logger = logging.getLogger("alphaclip.prepare")
 
@@ -157,30 +159,6 @@ def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar", unique_nam
         raise ValueError(f"inputs: input shards must have distinct file names (output shards reuse them), "
                          f"repeated: {dup[:5]}")
     return out
-
-
-def iter_webdataset(path: PathLike) -> Iterator[Tuple[str, Dict[str, bytes]]]:
-    """Stream a webdataset/img2dataset tar: ``(key, {ext: bytes})`` per sample, in file order.
-
-    The key is a member's file name up to its first dot (``000123.jpg`` -> ``000123``); consecutive
-    members with one key form one sample. A truncated or corrupt tar raises ``tarfile.TarError`` after
-    the samples before the damage were yielded.
-    """
-    key: Optional[str] = None
-    parts: Dict[str, bytes] = {}
-    with tarfile.open(path, "r|*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = Path(member.name).name
-            k, _, ext = name.partition(".")
-            if k != key and key is not None:
-                yield key, parts          # the previous sample is complete before this member is read
-                parts = {}
-            key = k
-            parts[ext.lower()] = tar.extractfile(member).read()
-    if key is not None:
-        yield key, parts
 
 
 def write_webdataset(path: PathLike, samples: Iterable[Tuple[str, Dict[str, Union[bytes, str, dict]]]]) -> Path:
