@@ -101,13 +101,12 @@ class AlphaVisionTransformer(VisionTransformer):
                     stacklevel=4)
 
     def embed_alpha(self, x: torch.Tensor, alpha: Optional[torch.Tensor]) -> torch.Tensor:
-        """``conv1_alpha`` applied to ``alpha``: ``[B, width, gh, gw]``; for ``None`` (whole image) the
-        same values as ``[1, width, 1, 1]``, broadcast over batch and patches."""
+        """``conv1_alpha`` applied to ``alpha`` (``None`` = whole image): ``[B, width, gh, gw]``."""
         if alpha is None:
-            # a constant map convolves to (constant * kernel sum) at every patch: no need to build it
-            w = self.conv1_alpha.weight
-            return (WHOLE_IMAGE_ALPHA * w.sum(dim=(1, 2, 3))).view(1, -1, 1, 1)
-        self._validate_alpha(x, alpha)
+            # the same computation as an explicit all-foreground map, so the two agree bit for bit
+            alpha = x.new_full((x.shape[0], 1, x.shape[2], x.shape[3]), WHOLE_IMAGE_ALPHA)
+        else:
+            self._validate_alpha(x, alpha)
         return self.conv1_alpha(alpha.to(dtype=self.conv1_alpha.weight.dtype))
 
     def _embeds(self, x: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
