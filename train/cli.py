@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--whole-image-ratio", type=float, default=d.whole_image_ratio, help="r_s")
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
+    p.add_argument("--freeze", nargs="*", default=[], help="parameter-name prefixes to keep frozen")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=d.precision)
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default=d.mode, help="paired transform geometry")
@@ -75,7 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr, lr_ratio=args.lr_ratio,
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
-        whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, precision=args.precision,
+        whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
         shuffle_buffer=args.shuffle_buffer, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         tensorboard=args.tensorboard, threads=args.threads, device=args.device, resume=not args.no_resume,

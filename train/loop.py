@@ -77,6 +77,7 @@ class TrainConfig:
     logit_scale: float = 100.0              #: fixed multiplier (stage alpha)
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
+    freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
     precision: str = "fp32"                 #: fp32, bf16 (autocast) or fp16 (autocast + grad scaler)
     grad_checkpointing: bool = False
     mode: str = "crop"                      #: paired transform geometry
@@ -154,6 +155,8 @@ def _trainable(model: AlphaCLIP, cfg: TrainConfig) -> Dict[str, nn.Parameter]:
             train = int(name.split(".")[3]) >= blocks - n
         else:
             train = n > 0 and name.split(".")[1] in ("ln_post", "proj")
+        if any(name.startswith(prefix) for prefix in cfg.freeze):
+            train = False
         p.requires_grad_(train)
         if train:
             out[name] = p
@@ -432,7 +435,7 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
                 b["text"].to(device, non_blocking=True)) for b in micro]
     sizes_local = [t[0].shape[0] for t in tensors]
     n_local = sum(sizes_local)
-    sizes = gather_sizes(n_local, device)
+    sizes = gather_sizes(n_local, device, world)
     offset = sum(sizes[:rank])
     cached_img: Optional[torch.Tensor] = None
     cached_txt: Optional[torch.Tensor] = None

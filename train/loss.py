@@ -23,9 +23,9 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def gather_sizes(n: int, device: torch.device) -> List[int]:
-    """Row counts of every rank (``[n]`` without a process group)."""
-    if not _dist():
+def gather_sizes(n: int, device: torch.device, world: Optional[int] = None) -> List[int]:
+    """Row counts of every rank (``[n]`` without a process group or when ``world == 1``)."""
+    if world == 1 or not _dist():
         return [n]
     t = torch.tensor([n], device=device, dtype=torch.long)
     out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
@@ -35,7 +35,7 @@ def gather_sizes(n: int, device: torch.device) -> List[int]:
 
 def gather_rows(x: torch.Tensor, sizes: List[int]) -> torch.Tensor:
     """All ranks' ``x`` (``[n_r, D]``, uneven n_r allowed) concatenated in rank order, detached."""
-    if not _dist():
+    if len(sizes) == 1 or not _dist():
         return x.detach()
     m = max(sizes)
     pad = x.detach().new_zeros((m,) + tuple(x.shape[1:]))

@@ -304,7 +304,8 @@ def make_tiny(workdir, scenes: int = 20000, clip_steps: int = 1500, alpha_steps:
     t1 = time.perf_counter()
     r1 = train(TrainConfig(data=[str(data)], output=str(work / "clip"), model=f"local-dir:{cfg_dir}",
                            stage="clip", steps=clip_steps, batch_size=batch_size, lr=clip_lr, warmup=100,
-                           weight_decay=0.1, workers=workers, seed=seed, threads=threads, save_every=250, log_every=25,
+                           weight_decay=0.1, workers=workers, seed=seed, threads=threads,
+                           freeze=("token_embedding",), save_every=250, log_every=25,
                            shuffle_buffer=5000))
     t2 = time.perf_counter()
     r2 = train(TrainConfig(data=[str(data)], output=str(work / "alpha"), model=f"local-dir:{work / 'clip' / 'final'}",
