@@ -222,3 +222,25 @@ def test_torchrun_two_cpu_processes(world, tmp_path):
     assert Path(res["files"]["reference"]).is_file()
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in rows] == [8, 16, 24]
+
+
+def test_bf16_autocast_and_gradient_checkpointing_run(world, tmp_path):
+    plain = train(_cfg(world, tmp_path / "p", steps=1, lr=1e-3))
+    ckpt = train(_cfg(world, tmp_path / "c", steps=1, lr=1e-3, grad_checkpointing=True))
+    assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-6)  # recomputation does not change the math
+    bf16 = train(_cfg(world, tmp_path / "b", steps=1, lr=1e-3, precision="bf16"))
+    assert bf16["loss"] == pytest.approx(plain["loss"], rel=0.05) and bf16["loss"] != plain["loss"]
+    w = open_clip.create_model(f"local-dir:{tmp_path / 'b' / 'final'}").state_dict()
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_tensorboard_logging_or_a_clear_error(world, tmp_path):
+    cfg = _cfg(world, tmp_path / "tb", steps=1, tensorboard=True)
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            train(cfg)
+    else:
+        train(cfg)
+        assert list((tmp_path / "tb" / "tensorboard").glob("events.*"))

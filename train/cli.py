@@ -88,6 +88,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from alphaclip_core.regions import classify_regions
     from alphaclip_core.viz import overlay_regions
 
@@ -107,6 +109,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"top-1 correct: {hits}/{len(truth)}")
     captions = [f"{i + 1}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" for i in range(len(truth))]
     out = Path(args.overlay)
-    overlay_regions(image, masks.astype("float32"), captions).save(out)
+    scale = max(1, 512 // max(image.size))  # a small scene: draw the overlay larger so the captions fit
+    big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    big_masks = masks.repeat(scale, axis=1).repeat(scale, axis=2).astype("float32")
+    overlay_regions(big, big_masks, captions).save(out)
     logger.info("wrote %s", out)
     return 0
