@@ -116,13 +116,16 @@ def main() -> int:
     ap.add_argument("--retrieval-scenes", type=int, default=500)
     ap.add_argument("--seed", type=int, default=777, help="held-out seed block (training used seed 0)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--alpha", help="Alpha-CLIP open_clip folder (default: WORKDIR/alpha/final)")
+    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=FOLDER",
+                    help="another Alpha-CLIP (e.g. an ablation) to score with mask alpha + retrieval")
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     t0 = time.perf_counter()
     base = open_clip.create_model(f"local-dir:{work / 'clip' / 'final'}").eval()
-    alpha = open_clip.create_model(f"local-dir:{work / 'alpha' / 'final'}").eval()
+    alpha = open_clip.create_model(f"local-dir:{args.alpha or work / 'alpha' / 'final'}").eval()
     shipped, tokenizer = load_tiny()
     scenes = [render_scene(args.seed * 10**7 + i) for i in range(args.scenes)]
     rscenes = [render_scene(args.seed * 10**7 + 5_000_000 + i) for i in range(args.retrieval_scenes)]
@@ -134,13 +137,21 @@ def main() -> int:
     res_shipped, _ = evaluate(shipped, tokenizer, scenes, True, ["alpha: mask"])
     ret = {"base CLIP (stage 1)": retrieval(base, tokenizer, rscenes),
            "Alpha-CLIP (stage 2), whole-image alpha": retrieval(alpha, tokenizer, rscenes)}
+    for item in args.extra:
+        label, folder = item.split("=", 1)
+        m = open_clip.create_model(f"local-dir:{folder}").eval()
+        res_alpha_x, _ = evaluate(m, tokenizer, scenes, True, ["alpha: mask", "alpha: whole image"])
+        for k, v in res_alpha_x.items():
+            res_shipped[f"{label}: {k.split(': ', 1)[1]} alpha"] = v
+        ret[f"{label}, whole-image alpha"] = retrieval(m, tokenizer, rscenes)
     summary = json.loads((work / "summary.json").read_text()) if (work / "summary.json").exists() else {}
     out = {
         "benchmark": "synthetic_regions", "regions": n, "scenes": args.scenes, "labels": len(LABELS),
         "chance_top1": 100.0 / len(LABELS), "templates": TEMPLATES,
         "region_top1": {**{f"base CLIP: {k}": v for k, v in res_base.items()},
                         **{f"Alpha-CLIP: {k.split(': ', 1)[1]} alpha": v for k, v in res_alpha.items()},
-                        "shipped fp16 Alpha-CLIP: mask alpha": res_shipped["alpha: mask"]},
+                        "shipped fp16 Alpha-CLIP: mask alpha": res_shipped.pop("alpha: mask"),
+                        **res_shipped},
         "retrieval": ret, "training": summary,
         "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
         "seconds": round(time.perf_counter() - t0, 1),

@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio)
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    p.add_argument("--logit-scale", type=float, default=d.logit_scale, help="fixed logit scale (stage alpha)")
+    p.add_argument("--logit-scale", type=_scale, default=d.logit_scale,
+                   help="fixed logit scale (stage alpha; default 100), or 'model' for the starting model's own value")
     p.add_argument("--whole-image-ratio", type=float, default=d.whole_image_ratio, help="r_s")
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
@@ -66,6 +67,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_demo)
+
+
+def _scale(text: str):
+    if text == "model":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--logit-scale: expected a number or 'model', got {text!r}") from None
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

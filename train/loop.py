@@ -74,7 +74,7 @@ class TrainConfig:
     eps: float = 1e-6
     grad_clip: Optional[float] = None
     label_smoothing: float = 0.1
-    logit_scale: float = 100.0              #: fixed multiplier (stage alpha)
+    logit_scale: Optional[float] = 100.0    #: fixed multiplier (stage alpha); None: the model's own, fixed
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
     freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
@@ -361,6 +361,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
+        fixed_scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.detach().exp())
         log = _Log(out, start_step, rank == 0, cfg.tensorboard)
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         bar = tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress,
@@ -378,7 +379,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             for b in micro:
                 if b["reasons"]:
                     logger.debug("skipped %d sample(s) in batch %d: %s", b["skipped"], b["index"], b["reasons"])
-            loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world)
+            loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world,
+                               fixed_scale)
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -429,7 +431,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], device: torch.device, autocast,
-          scaler: torch.amp.GradScaler, learn_scale: bool, cfg: TrainConfig, rank: int, world: int) -> torch.Tensor:
+          scaler: torch.amp.GradScaler, learn_scale: bool, cfg: TrainConfig, rank: int, world: int,
+          fixed_scale: Optional[float] = None) -> torch.Tensor:
     """Forward/backward of one optimizer step (``len(micro)`` micro-batches); returns the global loss."""
     tensors = [(b["image"].to(device, non_blocking=True), b["alpha"].to(device, non_blocking=True),
                 b["text"].to(device, non_blocking=True)) for b in micro]
@@ -460,7 +463,7 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
                 local_img[start:start + img.shape[0]] = img.detach()
                 local_txt[start:start + img.shape[0]] = txt.detach()
             all_img, all_txt = gather_rows(local_img, sizes), gather_rows(local_txt, sizes)
-            logit_scale = scale.exp() if learn_scale else cfg.logit_scale
+            logit_scale = scale.exp() if learn_scale else (fixed_scale or cfg.logit_scale or 100.0)
             loss, value = contrastive_loss(img, txt, logit_scale, label_smoothing=cfg.label_smoothing,
                                            offset=offset + start, replicas=world, accum=len(tensors),
                                            all_image=all_img, all_text=all_txt)

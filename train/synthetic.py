@@ -279,8 +279,8 @@ def init_model_dir(folder, cfg: Optional[Dict[str, Any]] = None, seed: int = 0) 
     return folder
 
 
-def make_tiny(workdir, scenes: int = 20000, clip_steps: int = 1500, alpha_steps: int = 800, batch_size: int = 256,
-              clip_lr: float = 2e-3, alpha_lr: float = 2e-3, lr_ratio: float = 0.1, workers: int = 0,
+def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps: int = 500, batch_size: int = 128,
+              clip_lr: float = 2e-3, alpha_lr: float = 2e-3, lr_ratio: float = 0.01, workers: int = 0,
               seed: int = 0, install: bool = False, threads: Optional[int] = 1) -> Dict[str, Any]:
     """Make the shipped toy model: render the world, train stage ``clip`` then stage ``alpha``.
 
@@ -310,6 +310,7 @@ def make_tiny(workdir, scenes: int = 20000, clip_steps: int = 1500, alpha_steps:
     t2 = time.perf_counter()
     r2 = train(TrainConfig(data=[str(data)], output=str(work / "alpha"), model=f"local-dir:{work / 'clip' / 'final'}",
                            stage="alpha", steps=alpha_steps, batch_size=batch_size, lr=alpha_lr, lr_ratio=lr_ratio,
+                           logit_scale=None,  # the toy base learned ~13, not OpenAI CLIP's 100: keep its own, fixed
                            warmup=50, workers=workers, seed=seed + 1, threads=threads, save_every=250, log_every=25,
                            shuffle_buffer=5000))
     t3 = time.perf_counter()
@@ -359,13 +360,13 @@ def demo_seed() -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="make the shipped toy Alpha-CLIP (synthetic world, two stages)")
     p.add_argument("workdir")
-    p.add_argument("--scenes", type=int, default=20000)
-    p.add_argument("--clip-steps", type=int, default=1500)
-    p.add_argument("--alpha-steps", type=int, default=800)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--scenes", type=int, default=10000)
+    p.add_argument("--clip-steps", type=int, default=1200)
+    p.add_argument("--alpha-steps", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=2e-3)
     p.add_argument("--alpha-lr", type=float, default=2e-3)
-    p.add_argument("--lr-ratio", type=float, default=0.1)
+    p.add_argument("--lr-ratio", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--install", action="store_true", help="copy the result into the package's assets/")
