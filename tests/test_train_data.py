@@ -82,7 +82,7 @@ def test_batch_contents_match_the_paired_transform(shards):
     order = ds.sources.index(sorted(shards.glob("*.tar"))[0])
     assert order >= 0
     first = next(ds.batch_descriptors())[1][0]
-    img = np.asarray(Image.open(io.BytesIO(first.image)).convert("RGB"))
+    img = np.array(Image.open(io.BytesIO(first.image)).convert("RGB"))
     mask = rle_decode(first.record["regions"][first.region]["mask"])
     pix, alpha = PairedTransform(32)(img, mask)
     assert torch.equal(pix[0], b["image"][0]) and torch.equal(alpha[0], b["alpha"][0])

@@ -122,6 +122,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     scale = max(1, 512 // max(image.size))  # a small scene: draw the overlay larger so the captions fit
     big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
     big_masks = masks.repeat(scale, axis=1).repeat(scale, axis=2).astype("float32")
-    overlay_regions(big, big_masks, captions).save(out)
+    overlay_regions(big, big_masks, captions, opacity=0.3).save(out)
     logger.info("wrote %s", out)
     return 0
