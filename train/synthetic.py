@@ -279,8 +279,8 @@ def init_model_dir(folder, cfg: Optional[Dict[str, Any]] = None, seed: int = 0) 
     return folder
 
 
-def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps: int = 500, batch_size: int = 128,
-              clip_lr: float = 2e-3, alpha_lr: float = 2e-3, lr_ratio: float = 0.01, workers: int = 0,
+def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps: int = 1500, batch_size: int = 128,
+              clip_lr: float = 2e-3, alpha_lr: float = 1e-2, lr_ratio: float = 0.01, workers: int = 0,
               seed: int = 0, install: bool = False, threads: Optional[int] = 1) -> Dict[str, Any]:
     """Make the shipped toy model: render the world, train stage ``clip`` then stage ``alpha``.
 
@@ -338,7 +338,7 @@ def install_assets(alpha_final: Path, clip_final: Optional[Path] = None) -> None
     (ASSETS / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
     if clip_final is not None:  # the stage-1 base, fp16, for the benchmark (not shipped in the package)
         pass
-    scene = render_scene(demo_seed(), 192, max_objects=4, min_objects=4)
+    scene = render_scene(demo_seed(), 64, max_objects=4, min_objects=4)  # the training resolution
     scene.image.save(ASSETS / "demo_scene.png")
     (ASSETS / "demo_scene.json").write_text(json.dumps(scene_record(scene, "demo"), indent=1) + "\n")
 
@@ -351,7 +351,7 @@ def demo_seed() -> int:
     """The first seed from :data:`DEMO_SEED` whose scene has 4 objects of 4 colours and 4 shapes."""
     seed = DEMO_SEED
     while True:
-        objs = render_scene(seed, 192, max_objects=4, min_objects=4).objects
+        objs = render_scene(seed, 64, max_objects=4, min_objects=4).objects
         if len(objs) == 4 and len({o["colour"] for o in objs}) == 4 and len({o["shape"] for o in objs}) == 4:
             return seed
         seed += 1
@@ -362,10 +362,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("workdir")
     p.add_argument("--scenes", type=int, default=10000)
     p.add_argument("--clip-steps", type=int, default=1200)
-    p.add_argument("--alpha-steps", type=int, default=500)
+    p.add_argument("--alpha-steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--clip-lr", type=float, default=2e-3)
-    p.add_argument("--alpha-lr", type=float, default=2e-3)
+    p.add_argument("--alpha-lr", type=float, default=1e-2)
     p.add_argument("--lr-ratio", type=float, default=0.01)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
