@@ -244,3 +244,13 @@ def test_tensorboard_logging_or_a_clear_error(world, tmp_path):
     else:
         train(cfg)
         assert list((tmp_path / "tb" / "tensorboard").glob("events.*"))
+
+
+def test_fp16_grad_scaler_and_dataloader_workers(world, tmp_path):
+    ref = train(_cfg(world, tmp_path / "w0", steps=2, lr=1e-3))
+    workers = train(_cfg(world, tmp_path / "w2", steps=2, lr=1e-3, workers=2))
+    assert workers["loss"] == ref["loss"] and workers["samples"] == ref["samples"]  # same batches, same math
+    fp16 = train(_cfg(world, tmp_path / "h", steps=2, lr=1e-3, precision="fp16"))
+    assert fp16["loss"] == pytest.approx(ref["loss"], rel=0.05)
+    state = torch.load(tmp_path / "h" / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0  # the grad scaler's state is checkpointed
