@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 
 import numpy as np
 import open_clip
@@ -13,7 +12,7 @@ from PIL import Image
 
 from alphaclip_core.alpha import PairedTransform, rle_decode
 from alphaclip_train.data import RegionBatches, expand_sources, iter_records, make_loader
-from alphaclip_train.schema import ShardWriter, iter_shard, validate_record
+from alphaclip_train.schema import iter_shard, validate_record
 from alphaclip_train.synthetic import COLOURS, render_scene, scene_record, write_shards
 
 TOK = open_clip.tokenizer.SimpleTokenizer(context_length=16)

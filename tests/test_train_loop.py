@@ -53,7 +53,7 @@ def test_contrastive_loss_matches_the_formula():
     txt = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
     loss, value = contrastive_loss(img, txt, 100.0, label_smoothing=0.1)
     logits = 100 * img @ txt.t()
-    eps, n = 0.1, 6
+    eps = 0.1
 
     def ce(lg):  # label smoothing spelled out: (1 - eps) * NLL + eps * mean over classes of -log p
         logp = lg.log_softmax(-1)

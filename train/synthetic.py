@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,10 +286,6 @@ def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps:
     Writes ``workdir/data`` (shards), ``workdir/clip`` and ``workdir/alpha`` (runs); with ``install``
     copies the result (fp16) and a demo scene into the package's ``assets/``. Returns timings.
     """
-    import torch
-
-    from alphaclip_core.checkpoints import save_safetensors
-
     from .loop import TrainConfig, train
 
     work = Path(workdir)
@@ -319,12 +314,12 @@ def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps:
                "clip_steps": clip_steps, "alpha_steps": alpha_steps, "batch_size": batch_size,
                "clip_lr": clip_lr, "alpha_lr": alpha_lr, "lr_ratio": lr_ratio, "seed": seed}
     if install:
-        install_assets(work / "alpha" / "final", work / "clip" / "final")
+        install_assets(work / "alpha" / "final")
     (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def install_assets(alpha_final: Path, clip_final: Optional[Path] = None) -> None:
+def install_assets(alpha_final: Path) -> None:
     """Copy a trained toy model (fp16 safetensors + config) and the demo scene into ``assets/``."""
     from safetensors.torch import load_file
 
@@ -336,8 +331,6 @@ def install_assets(alpha_final: Path, clip_final: Optional[Path] = None) -> None
                      metadata={"format": "pt", "note": "alpha-clip toy model for the synthetic world; not for real images"})
     config = json.loads((Path(alpha_final) / "open_clip_config.json").read_text())
     (ASSETS / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    if clip_final is not None:  # the stage-1 base, fp16, for the benchmark (not shipped in the package)
-        pass
     scene = render_scene(demo_seed(), 64, max_objects=4, min_objects=4)  # the training resolution
     scene.image.save(ASSETS / "demo_scene.png")
     (ASSETS / "demo_scene.json").write_text(json.dumps(scene_record(scene, "demo"), indent=1) + "\n")
