@@ -1,0 +1,86 @@
+"""``alphaclip train`` / ``alphaclip demo``, the shipped toy model, and the README's training section."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+import alphaclip_integrations.open_clip  # noqa: F401
+from alphaclip_core.cli import main
+from alphaclip_train.synthetic import ASSETS, LABELS, MICRO_CFG, demo_scene, init_model_dir, load_tiny, write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_model_is_small_and_loads_both_ways():
+    weights = ASSETS / "open_clip_model.safetensors"
+    assert weights.stat().st_size < 15 * 2**20
+    model, tokenizer = load_tiny()
+    via_open_clip = open_clip.create_model(f"local-dir:{ASSETS}")
+    a, b = model.state_dict(), via_open_clip.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert model.visual.conv1_alpha.weight.abs().sum() > 0  # fine-tuned: the alpha conv is not zero
+    assert tokenizer(["a red circle"]).shape == (1, model.context_length)
+
+
+def test_demo_prints_a_table_and_writes_an_overlay(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--overlay", str(out)]) == 0
+    text = capsys.readouterr().out
+    image, masks, truth, _ = demo_scene()
+    assert len(truth) == masks.shape[0] == 4 and all(t in LABELS for t in truth)
+    for i, t in enumerate(truth):
+        assert re.search(rf"^{i + 1}: {t}\s+\w+ \w+ \d\.\d{{3}}", text, re.M), text
+    hits = int(re.search(r"top-1 correct: (\d)/4", text).group(1))
+    # the same count, recomputed from the JSON output
+    assert main(["demo", "--overlay", str(out), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sum(r["top"][0][0] == r["truth"] for r in rows) == hits
+    png = Image.open(out)
+    scale = png.width // image.width
+    assert scale >= 1 and png.size == (image.width * scale, image.height * scale)
+    big = np.asarray(image.resize(png.size, Image.NEAREST), int)
+    diff = np.abs(np.asarray(png.convert("RGB"), int) - big).sum(-1)
+    inside = masks.repeat(scale, axis=1).repeat(scale, axis=2).any(0)
+    assert (diff[inside] > 0).mean() > 0.9  # every region is tinted
+
+
+def test_train_command(tmp_path, capsys):
+    write_shards(tmp_path / "data", 16, per_shard=8, size=32)
+    init_model_dir(tmp_path / "model", MICRO_CFG)
+    rc = main(["train", str(tmp_path / "data"), "-o", str(tmp_path / "run"), "--model",
+               f"local-dir:{tmp_path / 'model'}", "--steps", "2", "--batch-size", "4", "--warmup", "1",
+               "--threads", "1", "--no-progress", "--unfreeze-last", "0"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["step"] == 2 and Path(result["files"]["reference"]).is_file()
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["unfreeze_last"] == 0 and cfg["lr"] == 2e-4 and cfg["logit_scale"] == 100.0
+    init = open_clip.create_model(f"local-dir:{tmp_path / 'model'}").state_dict()
+    final = open_clip.create_model(f"local-dir:{tmp_path / 'run' / 'final'}").state_dict()
+    changed = {k for k in init if not torch.equal(init[k], final[k])}
+    assert changed == {"visual.conv1_alpha.weight"}  # --unfreeze-last 0: only the alpha conv trains
+    assert main(["train", str(tmp_path / "nothing"), "-o", str(tmp_path / "r2"), "--model",
+                 f"local-dir:{tmp_path / 'model'}"]) == 2
+    assert "no .tar shard or .jsonl file found" in capsys.readouterr().err
+
+
+def _readme_blocks() -> list:
+    text = (ROOT / "README.md").read_text()
+    m = re.search(r"^## Training.*?(?=^## )", text, re.S | re.M)
+    assert m, "README.md has no '## Training' section"
+    return re.findall(r"```python\n(.*?)```", m.group(0), re.S)
+
+
+def test_readme_training_examples_run(tmp_path, monkeypatch):
+    blocks = _readme_blocks()
+    assert len(blocks) >= 2
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    assert (tmp_path / "toy-run" / "final" / "visual.pth").is_file()

@@ -1,0 +1,168 @@
+"""Training data: shards and JSONL, r_s, corrupt samples, the fast path, deterministic resumable order."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from alphaclip_core.alpha import PairedTransform, rle_decode
+from alphaclip_train.data import RegionBatches, expand_sources, iter_records, make_loader
+from alphaclip_train.schema import iter_shard, validate_record
+from alphaclip_train.synthetic import COLOURS, render_scene, scene_record, write_shards
+
+TOK = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, 40, per_shard=10, seed=3, size=32)
+    return folder
+
+
+def _batches(ds, n):
+    it = iter(ds)
+    return [next(it) for _ in range(n)]
+
+
+def _keys(ds, n):
+    it, keys = ds.batch_descriptors(), set()
+    for _ in range(n):
+        keys |= {d.record["key"] for d in next(it)[1]}
+    return keys
+
+
+def test_synthetic_scene_is_deterministic_and_masks_are_exact():
+    a, b = render_scene(7), render_scene(7)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.caption == b.caption
+    assert len(a.objects) == a.masks.shape[0] >= 1
+    pix = np.asarray(a.image).astype(int)
+    for obj, m in zip(a.objects, a.masks):
+        # every mask pixel has the object's colour (+-15 jitter), and masks do not overlap
+        assert np.abs(pix[m] - np.array(COLOURS[obj["colour"]])).max() <= 15
+        x0, y0, x1, y1 = obj["box"]
+        ys, xs = np.nonzero(m)
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+        assert obj["colour"] in obj["phrase"] and obj["shape"] in obj["phrase"]
+        assert f"{obj['colour']} {obj['shape']}" in a.caption
+    assert a.masks.sum(0).max() == 1
+    rec = scene_record(a, "k1")
+    assert validate_record(rec) == []
+    assert np.array_equal(rle_decode(rec["regions"][0]["mask"]).astype(bool), a.masks[0])
+
+
+def test_shards_roundtrip_and_sources(shards, tmp_path):
+    files = expand_sources(shards)
+    assert [f.name for f in files] == [f"shard-{i:05d}.tar" for i in range(4)]
+    assert expand_sources(str(shards / "shard-{00001..00002}.tar")) == files[1:3]
+    assert expand_sources(str(shards / "*.tar")) == files
+    samples = list(iter_shard(files[0]))
+    assert len(samples) == 10 and all(validate_record(r) == [] for _, _, r in samples)
+    with pytest.raises(FileNotFoundError, match="no .tar shard or .jsonl file found for"):
+        expand_sources(str(tmp_path / "nothing-*.tar"))
+    (tmp_path / "x.csv").write_text("a")
+    with pytest.raises(ValueError, match="neither a .tar shard nor a .jsonl"):
+        expand_sources(str(tmp_path / "x.csv"))
+
+
+def test_batch_contents_match_the_paired_transform(shards):
+    ds = RegionBatches([shards], TOK, 8, 32, whole_image_ratio=0.0, shuffle_buffer=0)
+    b = next(iter(ds))
+    assert b["image"].shape == (8, 3, 32, 32) and b["alpha"].shape == (8, 1, 32, 32)
+    assert b["text"].shape == (8, 16) and b["text"].dtype == torch.long
+    assert b["skipped"] == 0 and not b["whole"].any()
+    # the first samples are the first record's regions in order: recompute them with the core transform
+    key, img_bytes, rec = next(iter_shard(sorted(shards.glob("*.tar"))[0]))
+    order = ds.sources.index(sorted(shards.glob("*.tar"))[0])
+    assert order >= 0
+    first = next(ds.batch_descriptors())[1][0]
+    img = np.array(Image.open(io.BytesIO(first.image)).convert("RGB"))
+    mask = rle_decode(first.record["regions"][first.region]["mask"])
+    pix, alpha = PairedTransform(32)(img, mask)
+    assert torch.equal(pix[0], b["image"][0]) and torch.equal(alpha[0], b["alpha"][0])
+    assert torch.equal(b["text"][0], TOK([first.record["regions"][first.region]["phrase"]])[0])
+    # region alpha: +1.9231 inside, -1.9231 outside
+    assert b["alpha"][0].max().item() == pytest.approx(1.9231, abs=1e-4)
+    assert b["alpha"][0].min().item() == pytest.approx(-1.9231, abs=1e-4)
+
+
+def test_whole_image_ratio(shards):
+    all_whole = RegionBatches([shards], TOK, 40, 32, whole_image_ratio=1.0, shuffle_buffer=0)
+    b = next(iter(all_whole))
+    # r_s = 1: exactly one whole-image sample per record (40 records), alpha all +1.9231, caption text
+    assert b["whole"].all() and b["image"].shape[0] == 40
+    assert torch.allclose(b["alpha"], torch.full_like(b["alpha"], (1 - 0.5) / 0.26), atol=1e-6)
+    d = next(all_whole.batch_descriptors())[1]
+    assert [x.text for x in d[:3]] == [x.record["caption"] for x in d[:3]]
+    some = RegionBatches([shards], TOK, 200, 32, whole_image_ratio=0.3, shuffle_buffer=0, seed=1)
+    descs = next(some.batch_descriptors())[1]
+    frac = np.mean([x.region < 0 for x in descs])
+    assert 0.1 < frac < 0.4, frac  # ~0.3 of region draws become (deduplicated) whole-image samples
+    with pytest.raises(ValueError, match=r"whole_image_ratio: expected a fraction in \[0, 1\]"):
+        RegionBatches([shards], TOK, 4, 32, whole_image_ratio=1.5)
+
+
+def test_jsonl_source_and_corrupt_samples_are_skipped_and_counted(tmp_path):
+    lines = []
+    for i in range(6):
+        scene = render_scene(100 + i, 32)
+        scene.image.save(tmp_path / f"im{i}.png")
+        rec = scene_record(scene, f"s{i}")
+        rec["image"] = f"im{i}.png"
+        lines.append(json.dumps(rec))
+    (tmp_path / "im3.png").write_bytes(b"not an image")          # corrupt image
+    bad = json.loads(lines[4])
+    bad["regions"][0]["box"] = [5, 5, 1, 1]                          # invalid record
+    lines[4] = json.dumps(bad)
+    lines.insert(2, "{not json")                                     # not JSON
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    regions = [len(render_scene(100 + i, 32).objects) for i in range(6)]
+    per_epoch = sum(regions) - regions[4] + 2  # region samples (incl. the corrupt image's) + 2 bad lines
+    ds = RegionBatches([tmp_path / "data.jsonl"], TOK, per_epoch, 32, whole_image_ratio=0.0, shuffle_buffer=0)
+    b = next(iter(ds))
+    # skipped: the non-JSON line, the invalid record, every region of the corrupt image
+    assert b["skipped"] == 2 + regions[3]
+    assert b["image"].shape[0] == sum(regions) - regions[3] - regions[4]
+    assert "not JSON" in b["reasons"][0] and "degenerate" in b["reasons"][1]
+    assert "UnidentifiedImageError" in b["reasons"][2]
+    assert torch.isfinite(b["image"]).all()
+
+
+def test_order_is_deterministic_resumable_and_worker_independent(shards):
+    kw = dict(whole_image_ratio=0.1, shuffle_buffer=16, seed=5)
+    ref = _batches(RegionBatches([shards], TOK, 8, 32, **kw), 12)   # wraps into a second epoch
+    assert [b["index"] for b in ref] == list(range(12))
+    resumed = _batches(RegionBatches([shards], TOK, 8, 32, start_batch=7, **kw), 5)
+    for a, b in zip(ref[7:], resumed):
+        assert a["index"] == b["index"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["alpha"], b["alpha"])
+        assert torch.equal(a["text"], b["text"])
+    loader = make_loader(RegionBatches([shards], TOK, 8, 32, start_batch=3, **kw), num_workers=2)
+    got = [b for _, b in zip(range(6), loader)]
+    assert [b["index"] for b in got] == list(range(3, 9))
+    for a, b in zip(ref[3:9], got):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["text"], b["text"])
+    # the two ranks of a 2-process run read disjoint shards
+    r0 = RegionBatches([shards], TOK, 8, 32, rank=0, world_size=2, **kw)
+    r1 = RegionBatches([shards], TOK, 8, 32, rank=1, world_size=2, **kw)
+    k0, k1 = _keys(r0, 2), _keys(r1, 2)
+    assert k0 and k1 and not (k0 & k1)
+    with pytest.raises(ValueError, match="rank: expected 0 <= rank < world_size=2"):
+        RegionBatches([shards], TOK, 8, 32, rank=2, world_size=2)
+
+
+def test_truncated_shard_gives_its_complete_samples(shards, tmp_path):
+    good = sorted(shards.glob("*.tar"))[0]
+    data = good.read_bytes()
+    (tmp_path / "a.tar").write_bytes(data)
+    (tmp_path / "b.tar").write_bytes(data[: len(data) // 3])       # truncated mid-member
+    ds = RegionBatches([tmp_path], TOK, 4, 32, whole_image_ratio=0.0, shuffle_buffer=0)
+    complete = list(iter_records(tmp_path / "b.tar"))
+    assert 0 < len(complete) < 10 and all(isinstance(r, dict) for _, r in complete)
+    batches = _batches(ds, 12)
+    assert sum(b["image"].shape[0] for b in batches) == 48 and all(b["skipped"] == 0 for b in batches)

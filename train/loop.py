@@ -1,0 +1,505 @@
+"""The training loop: one function, :func:`train`, for one process or many (``torchrun``).
+
+Defaults are the Alpha-CLIP recipe (SPEC.md): text tower frozen (no grads, not in the optimizer,
+run under ``no_grad``); symmetric InfoNCE over the global batch with label smoothing 0.1 and the
+logit scale fixed at 100; AdamW (weight decay 2e-2) with ``conv1_alpha`` at ``lr`` and the rest of
+the vision tower at ``lr * lr_ratio`` (0.01); linear warm-up then cosine; r_s = 0.1 whole-image
+samples. ``stage="clip"`` pretrains a plain CLIP with the same machinery (both towers trained, the
+logit scale learned, ``conv1_alpha`` kept at zero, whole-image samples only): that is how the toy
+model of :mod:`alphaclip_train.synthetic` gets its base.
+
+Checkpoints (``<output>/checkpoints/latest.pt``, written atomically) hold the model, optimizer,
+scheduler, grad scaler, step, every rank's RNG states and the data position; a run started again
+with the same output folder resumes exactly where the last checkpoint left off. The final weights
+go to ``<output>/final/``: ``visual.pth`` (the reference release's visual-only format) and an
+open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from alphaclip_core.checkpoints import (atomic_write, detect_format, load_alpha_clip, load_state_dict_checked,
+                                        read_state_dict, save_reference, save_safetensors)
+from alphaclip_core.model import AlphaCLIP, add_alpha
+
+from .data import RegionBatches, make_loader
+from .loss import contrastive_loss, gather_rows, gather_sizes
+
+__all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "KILL_ENV"]
+
+logger = logging.getLogger(__name__)
+
+#: testing hook: a process SIGKILLs itself right after finishing this step (simulates a crash)
+KILL_ENV = "ALPHACLIP_TRAIN_KILL_AT_STEP"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the defaults are the Alpha-CLIP recipe.
+
+    ``batch_size`` is per process and per micro-batch: the global batch is
+    ``batch_size * accum * world_size``.
+    """
+
+    data: List[str]
+    output: str
+    model: str = "alpha-ViT-B-16"          #: open_clip model name (alpha config) or ``local-dir:FOLDER``
+    init: Optional[str] = None              #: starting weights (plain CLIP, Alpha-CLIP, reference .pth)
+    base: Optional[str] = None              #: base CLIP weights when ``init`` is a reference visual-only .pth
+    stage: str = "alpha"                    #: ``alpha`` (the recipe) or ``clip`` (pretrain a plain CLIP)
+    steps: int = 1000
+    batch_size: int = 64
+    accum: int = 1                          #: micro-batches per step (exact large-batch gradient)
+    lr: float = 2e-4                        #: conv1_alpha's learning rate (whole model in stage clip)
+    lr_ratio: float = 0.01                  #: the rest of the vision tower trains at lr * lr_ratio
+    weight_decay: float = 2e-2
+    warmup: int = 100
+    min_lr_ratio: float = 0.0               #: cosine floor, as a fraction of the peak
+    betas: Tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    grad_clip: Optional[float] = None
+    label_smoothing: float = 0.1
+    logit_scale: Optional[float] = 100.0    #: fixed multiplier (stage alpha); None: the model's own, fixed
+    whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
+    unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
+    freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
+    precision: str = "fp32"                 #: fp32, bf16 (autocast) or fp16 (autocast + grad scaler)
+    grad_checkpointing: bool = False
+    mode: str = "crop"                      #: paired transform geometry
+    workers: int = 0
+    shuffle_buffer: int = 1000
+    seed: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    tensorboard: bool = False
+    threads: Optional[int] = None           #: torch CPU threads per process (None: torch's default)
+    device: Optional[str] = None            #: default: cuda:LOCAL_RANK when CUDA is available, else cpu
+    resume: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ValueError("data: expected at least one shard, JSONL file or folder")
+        if self.stage not in ("alpha", "clip"):
+            raise ValueError(f"stage: expected 'alpha' or 'clip', got {self.stage!r}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
+        if self.lr <= 0 or self.lr_ratio < 0:
+            raise ValueError(f"lr/lr_ratio: expected lr > 0 and lr_ratio >= 0, got {self.lr}, {self.lr_ratio}")
+        if self.unfreeze_last is not None and self.unfreeze_last < 0:
+            raise ValueError(f"unfreeze_last: expected >= 0 or None, got {self.unfreeze_last}")
+
+
+# ------------------------------------------------------------------------------------------------ model
+def build_model(name: str, init: Optional[str] = None, base: Optional[str] = None) -> AlphaCLIP:
+    """An :class:`AlphaCLIP` from an open_clip model name (or ``local-dir:``), with optional weights.
+
+    ``init`` may be a plain CLIP (OpenAI ``.pt``, open_clip file: ``conv1_alpha`` starts at zero), an
+    Alpha-CLIP file, or a reference visual-only ``.pth`` (then ``base`` gives the text tower).
+    """
+    import open_clip
+
+    import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
+
+    model = open_clip.create_model(name)
+    if not isinstance(model, AlphaCLIP):
+        model = add_alpha(model)
+    if init:
+        sd = read_state_dict(init, "init")
+        if detect_format(sd) == "clip" and base is None:
+            load_state_dict_checked(model, sd, f"init {init}", allow_missing=("visual.conv1_alpha.weight",))
+        else:
+            load_alpha_clip(model, init, base)
+    return model
+
+
+def _is_text_param(name: str) -> bool:
+    return not name.startswith("visual.") and name not in ("logit_scale", "logit_bias")
+
+
+def _trainable(model: AlphaCLIP, cfg: TrainConfig) -> Dict[str, nn.Parameter]:
+    """Set ``requires_grad`` for the stage and return the trained parameters by name."""
+    out: Dict[str, nn.Parameter] = {}
+    blocks = len(model.visual.transformer.resblocks)
+    n = cfg.unfreeze_last
+    if n is not None and n > blocks:
+        raise ValueError(f"unfreeze_last: the vision tower has {blocks} blocks, got {n}")
+    for name, p in model.named_parameters():
+        if cfg.stage == "clip":
+            train = name != "visual.conv1_alpha.weight" and name != "logit_bias"
+        elif not name.startswith("visual."):
+            train = False
+        elif n is None or name == "visual.conv1_alpha.weight":
+            train = True
+        elif name.startswith("visual.transformer.resblocks."):
+            train = int(name.split(".")[3]) >= blocks - n
+        else:
+            train = n > 0 and name.split(".")[1] in ("ln_post", "proj")
+        if any(name.startswith(prefix) for prefix in cfg.freeze):
+            train = False
+        p.requires_grad_(train)
+        if train:
+            out[name] = p
+    return out
+
+
+def param_groups(model: AlphaCLIP, cfg: TrainConfig) -> List[Dict[str, Any]]:
+    """AdamW groups: ``conv1_alpha`` at lr; the rest at lr * lr_ratio (stage clip: lr), no weight
+    decay on 1-D tensors (gains, biases, class embedding, logit scale)."""
+    params = _trainable(model, cfg)
+    rest_lr = cfg.lr if cfg.stage == "clip" else cfg.lr * cfg.lr_ratio
+    groups: Dict[str, Dict[str, Any]] = {
+        "alpha": {"name": "alpha", "params": [], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        "decay": {"name": "decay", "params": [], "lr": rest_lr, "weight_decay": cfg.weight_decay},
+        "no_decay": {"name": "no_decay", "params": [], "lr": rest_lr, "weight_decay": 0.0},
+    }
+    for name, p in params.items():
+        key = "alpha" if name == "visual.conv1_alpha.weight" else ("decay" if p.ndim >= 2 else "no_decay")
+        groups[key]["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
+
+
+def lr_lambda(warmup: int, steps: int, min_ratio: float = 0.0):
+    """Multiplier of the peak lr at optimizer step ``s`` (0-based): linear warm-up, then cosine."""
+    def f(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        t = (s - warmup) / max(1, steps - warmup)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+class _Towers(nn.Module):
+    """What DDP wraps: ``(image, alpha, text) -> (image features, text features, logit scale)``."""
+
+    def __init__(self, model: AlphaCLIP, train_text: bool) -> None:
+        super().__init__()
+        self.model, self.train_text = model, train_text
+
+    def forward(self, image: torch.Tensor, alpha: Optional[torch.Tensor], text: torch.Tensor):
+        img = self.model.encode_image(image, alpha, normalize=True)
+        if self.train_text:
+            txt = self.model.encode_text(text, normalize=True)
+        else:
+            with torch.no_grad():
+                txt = self.model.encode_text(text, normalize=True)
+        return img, txt, self.model.logit_scale
+
+
+# ------------------------------------------------------------------------------------------------ state
+def _rng_state() -> Dict[str, torch.Tensor]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_meta": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
+        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
+        "python": torch.tensor(py_state[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: Dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    meta = state["numpy_meta"].tolist()
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), int(meta[0]), int(meta[1]),
+                         float(state["numpy_gauss"][0])))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _dist_info() -> Tuple[int, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _setup_distributed(device: Optional[str]) -> Tuple[torch.device, bool]:
+    """Initialise the process group when launched by torchrun; returns (device, we_initialised)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    created = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        created = True
+    return dev, created
+
+
+class _Log:
+    """Metrics to ``log.jsonl`` (and TensorBoard), rank 0 only; rows past a resumed step are dropped."""
+
+    def __init__(self, folder: Path, start_step: int, enabled: bool, tensorboard: bool) -> None:
+        self.path = folder / "log.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            self.path.write_text("".join(k + "\n" for k in keep))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("tensorboard: `pip install tensorboard` to log to TensorBoard") from e
+            self.tb = SummaryWriter(str(folder / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, row: Dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ------------------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig) -> Dict[str, Any]:
+    """Run (or resume) a training run; returns a summary (steps, last loss, output files).
+
+    Launch with ``torchrun --nproc_per_node N -m alphaclip_core.cli train ...`` (or the
+    ``alphaclip train`` entry point) for DDP: NCCL on GPUs, gloo on CPU.
+    """
+    import open_clip
+    from tqdm import tqdm
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, created_pg = _setup_distributed(cfg.device)
+    rank, world, _ = _dist_info()
+    out = Path(cfg.output)
+    ckpt_dir = out / "checkpoints"
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    try:
+        torch.manual_seed(cfg.seed + rank)
+        np.random.seed((cfg.seed + rank) % 2**32)
+        random.seed(cfg.seed + rank)
+        model = build_model(cfg.model, cfg.init, cfg.base).to(device)
+        model.visual.check_alpha = False  # alpha comes from the paired transform: no per-step sync
+        groups = param_groups(model, cfg)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
+        scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        if cfg.grad_checkpointing:
+            model.set_grad_checkpointing(True)
+        train_text = cfg.stage == "clip"
+        learn_scale = cfg.stage == "clip"
+        if not train_text:
+            model.transformer.eval()  # frozen text tower (no dropout either way)
+
+        start_step, next_batch = 0, 0
+        latest = ckpt_dir / "latest.pt"
+        if cfg.resume and latest.exists():
+            state = torch.load(latest, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_step, next_batch = int(state["step"]), int(state["next_batch"])
+            if int(state["world_size"]) != world:
+                logger.warning("resuming a %d-process run with %d processes: the data order changes",
+                               int(state["world_size"]), world)
+            elif rank < len(state["rng"]):
+                _set_rng_state(state["rng"][rank])
+            logger.info("resumed from %s at step %d", latest, start_step)
+
+        tokenizer = open_clip.get_tokenizer(cfg.model)
+        vcfg = model.visual.preprocess_cfg if hasattr(model.visual, "preprocess_cfg") else {}
+        size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+        dataset = RegionBatches(
+            cfg.data, tokenizer, cfg.batch_size, int(size),
+            whole_image_ratio=1.0 if cfg.stage == "clip" else cfg.whole_image_ratio, mode=cfg.mode,
+            mean=vcfg.get("mean"), std=vcfg.get("std"), seed=cfg.seed, rank=rank, world_size=world,
+            shuffle_buffer=cfg.shuffle_buffer, start_batch=next_batch)
+        loader = iter(make_loader(dataset, cfg.workers))
+
+        towers = _Towers(model, train_text)
+        ddp: nn.Module = towers
+        if world > 1:
+            ddp = nn.parallel.DistributedDataParallel(
+                towers, device_ids=[device.index] if device.type == "cuda" else None)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+        fixed_scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.detach().exp())
+        log = _Log(out, start_step, rank == 0, cfg.tensorboard)
+        kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
+        bar = tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress,
+                   desc=f"train[{cfg.stage}]", dynamic_ncols=True)
+        totals = torch.zeros(3, dtype=torch.float64)  # samples, whole-image, skipped (all ranks)
+        last_loss = float("nan")
+        t0, seen = time.perf_counter(), 0
+        step = start_step
+        ddp.train()
+        if not train_text:
+            model.transformer.eval()
+        while step < cfg.steps:
+            micro = [next(loader) for _ in range(cfg.accum)]
+            next_batch += cfg.accum
+            for b in micro:
+                if b["reasons"]:
+                    logger.debug("skipped %d sample(s) in batch %d: %s", b["skipped"], b["index"], b["reasons"])
+            loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world,
+                               fixed_scale)
+            if cfg.grad_clip:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            if learn_scale:
+                with torch.no_grad():
+                    model.logit_scale.clamp_(0, math.log(100))
+            step += 1
+            counts = torch.tensor([sum(b["image"].shape[0] for b in micro), sum(int(b["whole"].sum()) for b in micro),
+                                   sum(b["skipped"] for b in micro)], dtype=torch.float64)
+            if world > 1:
+                counts = counts.to(device)
+                dist.all_reduce(counts)
+                counts = counts.cpu()
+            totals += counts
+            seen += int(counts[0])
+            last_loss = float(loss_value)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = time.perf_counter() - t0
+                row = {"step": step, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
+                       "lr_rest": opt.param_groups[-1]["lr"], "samples_per_s": seen / dt if dt > 0 else 0.0,
+                       "samples": int(totals[0]), "whole_image": int(totals[1]), "skipped": int(totals[2])}
+                if learn_scale:
+                    row["logit_scale"] = float(model.logit_scale.detach().exp())
+                log.write(row)
+                bar.set_postfix(loss=f"{last_loss:.4f}", skipped=int(totals[2]))
+                t0, seen = time.perf_counter(), 0
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world)
+            if kill_at and step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+        bar.close()
+        log.close()
+        files: Dict[str, str] = {}
+        if rank == 0:
+            files = _save_final(model, out / "final")
+        if world > 1:
+            dist.barrier()
+        return {"step": step, "loss": last_loss, "world_size": world, "files": files,
+                "samples": int(totals[0]), "skipped": int(totals[2])}
+    finally:
+        if created_pg and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], device: torch.device, autocast,
+          scaler: torch.amp.GradScaler, learn_scale: bool, cfg: TrainConfig, rank: int, world: int,
+          fixed_scale: Optional[float] = None) -> torch.Tensor:
+    """Forward/backward of one optimizer step (``len(micro)`` micro-batches); returns the global loss."""
+    tensors = [(b["image"].to(device, non_blocking=True), b["alpha"].to(device, non_blocking=True),
+                b["text"].to(device, non_blocking=True)) for b in micro]
+    sizes_local = [t[0].shape[0] for t in tensors]
+    n_local = sum(sizes_local)
+    sizes = gather_sizes(n_local, device, world)
+    offset = sum(sizes[:rank])
+    cached_img: Optional[torch.Tensor] = None
+    cached_txt: Optional[torch.Tensor] = None
+    if len(micro) > 1:  # features of every micro-batch first, without grad (open_clip's accum_freq)
+        with torch.no_grad(), autocast():
+            feats = [towers(*t) for t in tensors]
+        cached_img = torch.cat([f[0].float() for f in feats])
+        cached_txt = torch.cat([f[1].float() for f in feats])
+    value = torch.tensor(0.0)
+    start = 0
+    for j, (image, alpha, text) in enumerate(tensors):
+        sync = j == len(tensors) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+        ctx = contextlib.nullcontext() if sync else ddp.no_sync()
+        with ctx:
+            with autocast():
+                img, txt, scale = ddp(image, alpha, text)
+            img, txt = img.float(), txt.float()
+            if cached_img is None:
+                local_img, local_txt = img.detach(), txt.detach()
+            else:
+                local_img, local_txt = cached_img.clone(), cached_txt.clone()
+                local_img[start:start + img.shape[0]] = img.detach()
+                local_txt[start:start + img.shape[0]] = txt.detach()
+            all_img, all_txt = gather_rows(local_img, sizes), gather_rows(local_txt, sizes)
+            logit_scale = scale.exp() if learn_scale else (fixed_scale or cfg.logit_scale or 100.0)
+            loss, value = contrastive_loss(img, txt, logit_scale, label_smoothing=cfg.label_smoothing,
+                                           offset=offset + start, replicas=world, accum=len(tensors),
+                                           all_image=all_img, all_text=all_txt)
+            scaler.scale(loss).backward()
+        start += img.shape[0]
+    return value
+
+
+def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int, next_batch: int,
+                     cfg: TrainConfig, rank: int, world: int) -> None:
+    rng = _rng_state()
+    if world > 1:
+        all_rng: List[Any] = [None] * world
+        dist.all_gather_object(all_rng, rng)
+    else:
+        all_rng = [rng]
+    if rank == 0:
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
+                 "next_batch": next_batch, "world_size": world, "rng": all_rng,
+                 "config": json.dumps(asdict(cfg))}
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        logger.debug("checkpoint %s (step %d)", path, step)
+    if world > 1:
+        dist.barrier()
+
+
+def _save_final(model: AlphaCLIP, folder: Path) -> Dict[str, str]:
+    """Final weights: reference visual-only ``visual.pth`` + an open_clip folder (or a bare safetensors)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"reference": str(save_reference(model, folder / "visual.pth"))}
+    if getattr(model, "model_cfg", None) is not None:
+        import alphaclip_integrations.open_clip as aoc
+        aoc.save_pretrained(model, folder)
+        files["open_clip"] = str(folder / "open_clip_model.safetensors")
+        files["open_clip_config"] = str(folder / "open_clip_config.json")
+    else:
+        files["open_clip"] = str(save_safetensors(model, folder / "open_clip_model.safetensors"))
+    return files
