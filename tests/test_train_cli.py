@@ -12,9 +12,9 @@ from PIL import Image
 
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.cli import main
+from conftest import readme_blocks
 from alphaclip_train.synthetic import ASSETS, LABELS, MICRO_CFG, demo_scene, init_model_dir, load_tiny, write_shards
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_model_is_small_and_loads_both_ways():
@@ -70,15 +70,9 @@ def test_train_command(tmp_path, capsys):
     assert "no .tar shard or .jsonl file found" in capsys.readouterr().err
 
 
-def _readme_blocks() -> list:
-    text = (ROOT / "README.md").read_text()
-    m = re.search(r"^## Training.*?(?=^## )", text, re.S | re.M)
-    assert m, "README.md has no '## Training' section"
-    return re.findall(r"```python\n(.*?)```", m.group(0), re.S)
-
 
 def test_readme_training_examples_run(tmp_path, monkeypatch):
-    blocks = _readme_blocks()
+    blocks = readme_blocks("Training")
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     for block in blocks:
