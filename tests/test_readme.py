@@ -58,6 +58,17 @@ def test_main_job_command_runs(workdir, monkeypatch, capsys):
     assert Image.open(workdir / "cat.regions.png").size == (320, 240)
 
 
+def test_main_job_demo_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    cmd = [b for b in readme_blocks("The main job", "bash") if "alphaclip demo" in b]
+    assert len(cmd) == 1
+    argv = shlex.split(cmd[0].split("#")[0])
+    assert argv == ["alphaclip", "demo"]
+    assert main(argv[1:]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) >= 4   # one row per region
+    assert (tmp_path / "alphaclip-demo.png").is_file()
+
+
 def test_open_clip_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = readme_blocks("open_clip")
