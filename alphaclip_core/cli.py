@@ -22,6 +22,7 @@ COMMAND_MODULES: List[str] = [
     "alphaclip_train.cli",            # demo, train
     "alphaclip_train.prepare.cli",    # data prepare/check/show
     "alphaclip_train.eval.cli",       # locate, eval
+    "alphaclip_train.pseudolabel",    # pseudolabel (Detic box pseudo-labels)
 ]
 
 

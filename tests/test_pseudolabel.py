@@ -230,7 +230,7 @@ def test_bad_inputs_are_named(tmp_path, model):
 
 
 def test_torchrun_two_processes(tmp_path, model):
-    """The CLI under torchrun with 2 ranks gives the same JSON as one in-process run."""
+    """``alphaclip pseudolabel`` under torchrun with 2 ranks gives the same JSON as one in-process run."""
     import alphaclip_integrations.open_clip as aoc
     from alphaclip_core.region_classifier import save_text_classifier
 
@@ -245,7 +245,7 @@ def test_torchrun_two_processes(tmp_path, model):
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(paths + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "-m", "alphaclip_train.pseudolabel", "--dataset", str(files["dataset"]),
+           "-m", "alphaclip_core.cli", "pseudolabel", "--dataset", str(files["dataset"]),
            "--image-root", str(files["image_root"]), "--candidates", str(files["candidates"]),
            "--out-dir", str(tmp_path / "dist"), "--text-features", str(tmp_path / "classes.npy"),
            "--shard-size", "2", "--model", f"local-dir:{folder}", "--no-progress"]

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -498,12 +498,10 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
 
 
 # ------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The pseudo-labeller's options (shared by ``alphaclip pseudolabel`` and ``python -m``)."""
     from alphaclip_core.cli import add_model_arguments
 
-    p = argparse.ArgumentParser(
-        prog="python -m alphaclip_train.pseudolabel",
-        description="Alpha-CLIP box pseudo-labels for image-labelled data (run under torchrun to shard by rank).")
     p.add_argument("--dataset", required=True, help="LVIS/COCO JSON with images (+ pos_category_ids) and categories")
     p.add_argument("--image-root", required=True, help="folder the images' file_name are relative to")
     p.add_argument("--candidates", required=True, help="COCO-results JSON of candidate boxes/masks per image")
@@ -525,15 +523,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=int, default=0, help="draw the picks of the first N images (per rank) "
                                                              "into OUT_DIR/overlays/")
     add_model_arguments(p)
-    return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point: ``[torchrun --nproc_per_node=N] -m alphaclip_train.pseudolabel --dataset ... ``."""
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``alphaclip pseudolabel`` (run it under ``torchrun -m alphaclip_core.cli`` to shard by rank)."""
+    p = subparsers.add_parser("pseudolabel", help="Alpha-CLIP box pseudo-labels for image-labelled data (Detic)")
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the pseudo-labeller from parsed options; prints the merged JSON's path (on the rank that wrote it)."""
     from alphaclip_core.cli import load_model
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.device.startswith("cuda") and "LOCAL_RANK" in os.environ and ":" not in args.device:
         args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     model, tokenizer = load_model(args)
@@ -552,6 +554,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if path is not None:
         print(path)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: ``[torchrun --nproc_per_node=N] -m alphaclip_train.pseudolabel --dataset ... ``."""
+    p = argparse.ArgumentParser(
+        prog="python -m alphaclip_train.pseudolabel",
+        description="Alpha-CLIP box pseudo-labels for image-labelled data (run under torchrun to shard by rank).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run_from_args(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
