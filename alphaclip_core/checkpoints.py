@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError", "VisionArch", "KNOWN_ARCHS", "read_state_dict", "detect_format",
-    "reference_to_open_clip", "open_clip_to_reference", "vision_arch", "load_state_dict_checked",
+    "reference_to_open_clip", "rename_reference_keys", "open_clip_to_reference", "vision_arch", "load_state_dict_checked",
     "load_alpha_clip", "save_safetensors", "save_reference", "atomic_write", "describe",
 ]
 
@@ -170,11 +170,14 @@ def reference_to_open_clip(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Te
     missing = [k for k in _REFERENCE_REQUIRED if k not in sd]
     if missing:
         raise CheckpointError(f"not a reference Alpha-CLIP visual checkpoint: missing {missing}")
-    out = {}
-    for k, v in sd.items():
-        k = k.replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias")
-        out["visual." + k] = v
-    return out
+    return {"visual." + k: v for k, v in rename_reference_keys(sd).items()}
+
+
+def rename_reference_keys(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The reference's fused-qkv names -> open_clip's (``attn.in_proj.weight`` -> ``attn.in_proj_weight``);
+    every other key unchanged, no prefix added, nothing validated."""
+    return {k.replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias"): v
+            for k, v in sd.items()}
 
 
 def open_clip_to_reference(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

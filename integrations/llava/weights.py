@@ -26,7 +26,7 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from alphaclip_core.checkpoints import (CheckpointError, detect_format, load_state_dict_checked, read_state_dict,
-                                        vision_arch)
+                                        rename_reference_keys, vision_arch)
 from alphaclip_core.model import AlphaVisionTransformer
 
 __all__ = ["PREFIX", "HEAD_WIDTH", "parse_tower_name", "visual_state_dict", "read_visual", "load_alpha_visual"]
@@ -77,8 +77,7 @@ def visual_state_dict(sd: Dict[str, torch.Tensor], path: str, arg: str) -> Dict[
             return dict(sd)
         raise CheckpointError(f"{arg}: {path} holds no CLIP ViT vision tower (format '{fmt}'); expected a reference "
                               "Alpha-CLIP .pth, a whole Alpha-CLIP (alphaclip convert) or a plain CLIP")
-    return {k.replace(".attn.in_proj.weight", ".attn.in_proj_weight").replace(".attn.in_proj.bias", ".attn.in_proj_bias"): v
-            for k, v in sd.items()}
+    return rename_reference_keys(sd)
 
 
 def read_visual(checkpoint: Union[str, os.PathLike], base: Optional[Union[str, os.PathLike]] = None
