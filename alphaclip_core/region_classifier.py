@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from .checkpoints import atomic_write
 from .regions import preprocess_params, score_regions, text_classifier
 
 __all__ = ["DETECTION_TEMPLATES", "RegionLogits", "AlphaCLIPRegionClassifier", "geometric_ensemble",
-           "expand_boxes", "snap_boxes", "vocabulary_embeddings", "save_text_classifier"]
+           "box_iou", "expand_boxes", "snap_boxes", "vocabulary_embeddings", "save_text_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,21 @@ def expand_boxes(boxes: torch.Tensor, ratio: float, height: int, width: int, min
     lo = torch.stack([(c[:, 0] - half[:, 0]).clamp(0, width), (c[:, 1] - half[:, 1]).clamp(0, height)], 1)
     hi = torch.stack([(c[:, 0] + half[:, 0]).clamp(0, width), (c[:, 1] + half[:, 1]).clamp(0, height)], 1)
     return torch.cat([lo, hi], dim=1)
+
+
+def box_iou(a: Any, b: Any) -> np.ndarray:
+    """IoU of xyxy boxes: ``a`` [N, 4], ``b`` [M, 4] (arrays, tensors or lists) -> [N, M] float64 in [0, 1].
+
+    Degenerate boxes have zero area; a pair with zero union has IoU 0.
+    """
+    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def snap_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -45,7 +45,8 @@ from tqdm import tqdm
 
 from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, rle_encode
 from alphaclip_core.checkpoints import atomic_write
-from alphaclip_core.region_classifier import DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, geometric_ensemble
+from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou,
+                                              geometric_ensemble)
 
 __all__ = ["PseudoLabelConfig", "Candidate", "partition", "shard_ranges", "load_dataset", "load_candidates",
            "candidates_from_sam", "select_regions", "PseudoLabeler", "run", "merge_shards", "main"]
@@ -134,14 +135,6 @@ def partition(num_shards: int, rank: int, world_size: int) -> List[int]:
     return list(range(rank, num_shards, world_size))
 
 
-def _iou(box: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    lt = torch.maximum(box[:2], boxes[:, :2])
-    rb = torch.minimum(box[2:], boxes[:, 2:])
-    inter = (rb - lt).clamp(min=0).prod(dim=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / (area(box) + area(boxes) - inter).clamp(min=1e-9)
-
-
 def select_regions(scores: torch.Tensor, boxes: torch.Tensor, config: PseudoLabelConfig
                    ) -> List[Tuple[int, int, float]]:
     """Pick the regions to keep for one image.
@@ -166,7 +159,7 @@ def select_regions(scores: torch.Tensor, boxes: torch.Tensor, config: PseudoLabe
         for k in order.tolist():
             if float(column[k]) < config.score_threshold or len(chosen) == config.max_per_label:
                 break
-            if chosen and float(_iou(boxes[k], boxes[chosen]).max()) > config.nms_iou:
+            if chosen and float(box_iou(boxes[k], boxes[chosen]).max()) > config.nms_iou:
                 continue
             chosen.append(k)
         kept.extend((k, label, float(column[k])) for k in chosen)

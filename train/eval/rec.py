@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from alphaclip_core.alpha import ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks
+from alphaclip_core.region_classifier import box_iou
 from alphaclip_core.regions import preprocess_params, score_regions, text_classifier
 
 __all__ = ["RefusedPickle", "RestrictedUnpickler", "load_refs", "RecSample", "load_refer", "load_plain_json", "load_proposals",
@@ -239,18 +240,6 @@ def load_proposals(path: Any) -> Dict[str, np.ndarray]:
             raise ValueError(f"proposals {path}: image {k} needs [N, 4] (or [N, 5] with a score) boxes, got {b.shape}")
         out[str(k)] = b[:, :4]
     return out
-
-
-def box_iou(a: Any, b: Any) -> np.ndarray:
-    """IoU of xyxy boxes: ``a`` [N, 4], ``b`` [M, 4] -> [N, M]."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 # ------------------------------------------------------------------------------------------------ scoring

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 from PIL import Image
 
+from alphaclip_core.checkpoints import atomic_write
 from alphaclip_train.schema import iter_webdataset  # noqa: F401  (re-exported: input shards are read with it)
 
 logger = logging.getLogger("alphaclip.prepare")
@@ -128,15 +129,8 @@ def _barrier(world: int) -> bool:
 # files
 def write_json_atomic(path: PathLike, obj: Any) -> Path:
     """Write ``obj`` as JSON to ``path`` via a temporary file + rename (readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar", unique_names: bool = True) -> List[Path]:
