@@ -31,7 +31,6 @@ at most B samples; the loss handles uneven batches.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import os
@@ -44,11 +43,10 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-from PIL import Image
 
 from alphaclip_core.alpha import PairedTransform, boxes_to_masks, normalize_alpha, rle_decode
 
-from .schema import iter_shard, validate_record
+from .schema import decode_image, iter_shard, validate_record
 
 __all__ = ["Descriptor", "expand_sources", "iter_records", "RegionBatches", "make_loader", "collate_stats"]
 
@@ -272,9 +270,7 @@ class RegionBatches(torch.utils.data.IterableDataset):
     # --- decoding ----------------------------------------------------------------------------------
     def _load(self, d: Descriptor) -> Tuple[torch.Tensor, torch.Tensor]:
         data = d.image if isinstance(d.image, bytes) else Path(d.image).read_bytes()
-        img = Image.open(io.BytesIO(data))
-        img.load()
-        img = img.convert("RGB")
+        img = decode_image(data)
         w, h = d.record["width"], d.record["height"]
         if img.size != (w, h):
             raise ValueError(f"image is {img.size[0]}x{img.size[1]} but the record says {w}x{h}")

@@ -28,9 +28,11 @@ import tarfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
+from PIL import Image
+
 from alphaclip_core.alpha import rle_decode
 
-__all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "iter_webdataset", "Sample"]
+__all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "iter_webdataset", "decode_image", "Sample"]
 
 SCHEMA_VERSION = 1
 Sample = Tuple[str, bytes, Dict[str, Any]]  # (key, image bytes, record)
@@ -73,6 +75,20 @@ def validate_record(record: Dict[str, Any], decode_masks: bool = True) -> List[s
                 except ValueError as e:
                     problems.append(f"{where}: mask does not decode: {e}")
     return problems
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes fully (so a truncated file fails here, not later) to an RGB PIL image.
+
+    Raises ``ValueError`` for bytes PIL cannot decode. EXIF orientation is NOT applied: masks and boxes
+    refer to the stored pixel grid, which is what every reader of the shards decodes.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except Exception as e:  # PIL raises many types for bad data
+        raise ValueError(f"image bytes do not decode ({type(e).__name__}: {e})") from None
 
 
 class ShardWriter:

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from alphaclip_core.checkpoints import atomic_write
-from alphaclip_train.schema import iter_webdataset  # noqa: F401  (re-exported: input shards are read with it)
+from alphaclip_train.schema import decode_image, iter_webdataset  # noqa: F401  (re-exported for prepare's modules)
 
 logger = logging.getLogger("alphaclip.prepare")
 
@@ -174,20 +174,6 @@ def write_webdataset(path: PathLike, samples: Iterable[Tuple[str, Dict[str, Unio
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes fully (so a truncated file fails here, not later) to an RGB PIL image.
-
-    Raises ``ValueError`` for bytes PIL cannot decode. EXIF orientation is NOT applied: masks and boxes
-    refer to the stored pixel grid, which is what training decodes too.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except Exception as e:  # PIL raises many types for bad data
-        raise ValueError(f"image bytes do not decode ({type(e).__name__}: {e})") from None
 
 
 def image_ext(data: bytes) -> Optional[str]:
