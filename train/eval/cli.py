@@ -34,8 +34,7 @@ def load_plain(model_name: str, base: str, device: str = "cpu"):
 
     model = open_clip.create_model(model_name, device="cpu")
     load_state_dict_checked(model, read_state_dict(base, "plain base"), f"plain base {base}",
-                            allow_missing=("visual.conv1_alpha.weight",),
-                            allow_unexpected=("input_resolution", "context_length", "vocab_size"))
+                            allow_missing=("visual.conv1_alpha.weight",))
     return model.to(device).eval()
 
 
