@@ -37,7 +37,7 @@ from .checkpoints import atomic_write
 from .regions import preprocess_params, score_regions, text_classifier
 
 __all__ = ["DETECTION_TEMPLATES", "RegionLogits", "AlphaCLIPRegionClassifier", "geometric_ensemble",
-           "box_iou", "expand_boxes", "snap_boxes", "vocabulary_embeddings", "save_text_classifier"]
+           "box_iou", "expand_boxes", "snap_boxes", "save_text_classifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,16 +142,6 @@ def snap_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], dim=1)
 
 
-def vocabulary_embeddings(model: torch.nn.Module, tokenizer: Callable, vocabulary: Sequence[str],
-                          templates: Sequence[str] = DETECTION_TEMPLATES, texts_per_batch: int = 256) -> torch.Tensor:
-    """:func:`~alphaclip_core.regions.text_classifier` for large vocabularies (LVIS: 1203 classes x
-    prompts): the same ``[C, D]`` unit rows, computed a few classes at a time so that memory stays
-    bounded (about ``texts_per_batch`` prompts per text-tower pass)."""
-    if isinstance(vocabulary, str) or not vocabulary:
-        raise ValueError("vocabulary: expected a non-empty sequence of class names")
-    return text_classifier(model, tokenizer, vocabulary, templates, texts_per_batch=texts_per_batch)
-
-
 def save_text_classifier(path: Union[str, os.PathLike], weights: torch.Tensor) -> str:
     """Write ``[C, D]`` classifier weights as a float32 ``.npy`` (one row per class), atomically.
 
@@ -231,7 +221,7 @@ class AlphaCLIPRegionClassifier:
         if text_features is None:
             if tokenizer is None:
                 raise ValueError("tokenizer: needed to embed the vocabulary (or pass text_features)")
-            text_features = vocabulary_embeddings(model, tokenizer, self.vocabulary, self.templates)
+            text_features = text_classifier(model, tokenizer, self.vocabulary, self.templates)
         if text_features.dim() != 2 or text_features.shape[0] != len(self.vocabulary):
             raise ValueError(f"text_features: expected [C={len(self.vocabulary)}, D], got {list(text_features.shape)}")
         self.text_features = F.normalize(text_features.float(), dim=-1)

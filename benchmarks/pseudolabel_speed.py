@@ -30,7 +30,7 @@ import open_clip  # noqa: E402
 import alphaclip_integrations.open_clip  # noqa: E402,F401
 from _common import describe, machine, sync  # noqa: E402
 from alphaclip_core.alpha import boxes_to_masks, prepare, rle_decode, rle_encode  # noqa: E402
-from alphaclip_core.region_classifier import vocabulary_embeddings  # noqa: E402
+from alphaclip_core.regions import text_classifier  # noqa: E402
 from alphaclip_train.pseudolabel import Candidate, PseudoLabelConfig, PseudoLabeler  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,7 +104,7 @@ def main() -> int:
     if args.text_tower:
         names = [f"class {i}" for i in range(args.text_classes)]
         start = time.perf_counter()
-        vocabulary_embeddings(model, tokenizer, names, PseudoLabelConfig().templates)
+        text_classifier(model, tokenizer, names, PseudoLabelConfig().templates)
         sync(args.device)
         text_seconds = time.perf_counter() - start
     g = torch.Generator().manual_seed(0)

@@ -214,12 +214,11 @@ def test_snap_boxes_by_hand():
         [[10.0, 10.0, 11.0, 11.0], [0.0, 2.0, 60.0, 40.0], [59.0, 39.0, 60.0, 40.0]]))
 
 
-def test_vocabulary_embeddings_in_chunks_equal_text_classifier(model):
-    from alphaclip_core.region_classifier import vocabulary_embeddings
+def test_text_classifier_in_chunks_equals_one_pass(model):
     from alphaclip_core.regions import text_classifier
 
     names = [f"thing {i}" for i in range(7)]
     templates = ("a photo of a {}.", "a {}.")
-    chunked = vocabulary_embeddings(model, open_clip.tokenize, names, templates, texts_per_batch=5)  # 2 classes/pass
-    torch.testing.assert_close(chunked, text_classifier(model, open_clip.tokenize, names, templates),
-                               atol=1e-6, rtol=0)
+    chunked = text_classifier(model, open_clip.tokenize, names, templates, texts_per_batch=5)  # 2 classes/pass
+    torch.testing.assert_close(chunked, text_classifier(model, open_clip.tokenize, names, templates,
+                                                        texts_per_batch=1000), atol=1e-6, rtol=0)

@@ -35,7 +35,8 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import ImageList, Instances
 
 from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, save_text_classifier,
-                                              snap_boxes, vocabulary_embeddings)
+                                              snap_boxes)
+from alphaclip_core.regions import text_classifier
 
 __all__ = ["add_alphaclip_config", "config_path", "load_vocabulary", "AlphaCLIPRescorer",
            "AlphaCLIPStandardROIHeads", "AlphaCLIPCascadeROIHeads", "with_alpha_clip", "register_rescoring_roi_heads",
@@ -362,7 +363,7 @@ def dump_zeroshot_classifier(model: torch.nn.Module, tokenizer: Callable, vocabu
     embedding of class c (mean over ``templates``). Use as ``MODEL.ROI_BOX_HEAD.ZEROSHOT_WEIGHT_PATH``
     with ``ZEROSHOT_WEIGHT_DIM`` = D (512 for B/16, 768 for L/14)."""
     names = load_vocabulary(vocabulary)
-    return save_text_classifier(path, vocabulary_embeddings(model, tokenizer, names, templates).cpu())
+    return save_text_classifier(path, text_classifier(model, tokenizer, names, templates).cpu())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
