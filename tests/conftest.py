@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import pytest
 import torch
@@ -102,12 +102,36 @@ def write_torchscript_archive(sd: dict, path) -> None:
     torch.jit.save(torch.jit.script(root), str(path))
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def doc_blocks(page: str, heading: Optional[str] = None, lang: str = "python") -> List[str]:
+    """The fenced ``lang`` code blocks of a Markdown page of the repository (``README.md``, ``docs/x.md``).
+
+    With ``heading``, only the section whose heading (any level) starts with ``heading``, up to the
+    next heading of the same or a higher level.
+    """
+    lines = (ROOT / page).read_text().splitlines(keepends=True)
+    if heading is not None:
+        fenced, level, keep = False, None, []
+        for line in lines:
+            if line.startswith("```"):
+                fenced = not fenced
+            m = None if fenced else re.match(r"(#+) (.*)", line)
+            if m and level is not None and len(m.group(1)) <= level:
+                break
+            if m and level is None and m.group(2).startswith(heading):
+                level = len(m.group(1))
+            if level is not None:
+                keep.append(line)
+        if level is None:
+            raise KeyError(f"{page}: no heading starting with {heading!r}")
+        lines = keep
+    text = "".join(lines)
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
 
 
 def readme_blocks(heading: str, lang: str = "python") -> List[str]:
-    """The fenced ``lang`` code blocks of the README section whose ``## `` heading starts with ``heading``."""
-    text = README.read_text()
-    start = text.index(f"\n## {heading}")
-    end = text.find("\n## ", start + 1)
-    return re.findall(rf"```{lang}\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
+    """The fenced ``lang`` code blocks of the README section whose heading starts with ``heading``."""
+    return doc_blocks("README.md", heading, lang)
