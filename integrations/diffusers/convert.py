@@ -149,7 +149,7 @@ def convert_pipeline(stock: PathLike, checkpoint: PathLike, output: PathLike, *,
     if output.exists() and not overwrite:
         raise FileExistsError(f"output: {output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     load_class, alpha_class = _CONVERTIBLE[name]
-    pipe = load_class.from_pretrained(str(stock), torch_dtype=torch_dtype)
+    pipe = load_class.from_pretrained(str(stock), dtype=torch_dtype)
     encoder = alpha_encoder_from_checkpoint(checkpoint, pipe.image_encoder.config,
                                             with_projection=alpha_class._encoder_class is AlphaCLIPVisionModelWithProjection)
     encoder = encoder.to(pipe.image_encoder.dtype)

@@ -46,7 +46,7 @@ def load_pipeline(folder: PathLike, *, device: Union[str, torch.device] = "cpu",
         if dtype not in _DTYPES:
             raise ValueError(f"dtype: expected one of {sorted(_DTYPES)}, got {dtype!r}")
         dtype = _DTYPES[dtype]
-    pipe = AlphaCLIPImageVariationPipeline.from_pretrained(str(folder), torch_dtype=dtype).to(device)
+    pipe = AlphaCLIPImageVariationPipeline.from_pretrained(str(folder), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=not progress)
     return pipe
 
