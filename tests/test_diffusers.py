@@ -30,7 +30,7 @@ from alphaclip_integrations.diffusers import (AlphaCLIPImageVariationPipeline,  
 from alphaclip_integrations.diffusers.generate import variation_sheet  # noqa: E402
 from alphaclip_integrations.hf import AlphaCLIPVisionModel, AlphaCLIPVisionModelWithProjection  # noqa: E402
 
-from conftest import TINY_CFG, randomize_alpha_conv, reference_state_dict  # noqa: E402
+from conftest import TINY_CFG, doc_blocks, randomize_alpha_conv, reference_state_dict  # noqa: E402
 
 S = 32  # the encoders' input side
 VISION = dict(hidden_size=64, intermediate_size=256, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
@@ -334,12 +334,17 @@ def test_bad_inputs_name_the_argument(alpha_pipe):
 
 
 # ------------------------------------------------------------------------------------------------ Shap-E
-def test_shap_e_swap(tmp_path, alpha_model):
+def _stock_shap_e() -> ShapEImg2ImgPipeline:
     prior, renderer, scheduler = _shap_e_parts()
     torch.manual_seed(2)
     clip = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
-    stock = _quiet(ShapEImg2ImgPipeline(prior=prior, image_encoder=clip, image_processor=CLIPImageProcessor(
+    return _quiet(ShapEImg2ImgPipeline(prior=prior, image_encoder=clip, image_processor=CLIPImageProcessor(
         size=S, crop_size=S), scheduler=scheduler, shap_e_renderer=renderer))
+
+
+def test_shap_e_swap(tmp_path, alpha_model):
+    stock = _stock_shap_e()
+    clip = stock.image_encoder
     image = _image()
     pix = prepare(image, size=S)[0]
     kw = dict(output_type="latent", guidance_scale=3.0, **FAST)
@@ -432,3 +437,42 @@ def test_cli_generate_convert(folders, tmp_path, capsys):
     assert main(["generate", "convert", str(folders / "stock"), "--checkpoint", str(folders / "alpha.pth"),
                  "-o", str(out)]) == 2
     assert "error: output: " in capsys.readouterr().err
+
+
+def test_safety_checker_runs_on_the_alpha_processor(stock, clip_encoder):
+    """The stock safety checker reads the generated images through the pipeline's processor (now Alpha-CLIP's)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    torch.manual_seed(4)
+    checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=VISION, projection_dim=32, text_config=dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))).eval()
+    parts = dict(stock.components, safety_checker=checker)
+    checked = _quiet(StableDiffusionImageVariationPipeline(**parts))
+    alpha = _quiet(AlphaCLIPImageVariationPipeline.from_stock(checked, _alpha_twin(clip_encoder)))
+    image = _image()
+    out = alpha(image, generator=_gen(), output_type="np", **FAST)
+    ref = checked(prepare(image, size=S)[0], generator=_gen(), output_type="np", **FAST)
+    assert out.nsfw_content_detected == ref.nsfw_content_detected == [False]
+    assert np.abs(out.images - ref.images).max() == 0
+
+
+def test_docs_examples_run(tmp_path, monkeypatch, stock, alpha_model):
+    """docs/generation.md's python blocks, on the files they name (tiny stand-ins written here)."""
+    stock.save_pretrained(tmp_path / "sd-image-variations")
+    _stock_shap_e().save_pretrained(tmp_path / "shap-e-img2img")
+    torch.save(reference_state_dict(alpha_model), tmp_path / "clip_l14_grit20m_fultune_2xe.pth")
+    _image(240, 320, seed=1).save(tmp_path / "photo.jpg")
+    region = np.zeros((240, 320), dtype=np.uint8)
+    region[60:200, 90:230] = 255
+    Image.fromarray(region).save(tmp_path / "region.png")
+    monkeypatch.chdir(tmp_path)
+    blocks = doc_blocks("docs/generation.md")
+    assert len(blocks) == 4
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/generation.md", "exec"), namespace)
+    assert len(namespace["boxed"]) == 2 and Image.open("variation.png").size == (S, S)
+    assert len(namespace["images"]) == 2 and Image.open("sheet.png").size == (round(320 * S / 240) + 2 * S, S)
+    assert namespace["latents"].shape == (1, 32, 16)
+    assert not np.array_equal(np.asarray(namespace["masked"][0]), np.asarray(namespace["whole"][0]))
