@@ -55,6 +55,17 @@ def _open_image(path: str, arg: str, mode: str):
         raise ValueError(f"{arg}: cannot read {path} as an image ({e})") from None
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise ValueError(f"--device: {device!r} is not a torch device ({e})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} asked for CUDA, which is not available here (use --device cpu)")
+
+
 def _save_png(image: Any, path: Path) -> None:
     from alphaclip_core.checkpoints import atomic_write
 
@@ -66,6 +77,7 @@ def _cmd_variation(args: argparse.Namespace) -> int:
     import numpy as np
 
     generate = _import_generate()
+    _check_device(args.device)
     image = _open_image(args.image, "IMAGE", "RGB")
     masks = [np.asarray(_open_image(m, "--mask", "L")) for m in args.mask]
     region = dict(mask=masks or None, box=args.box or None)
