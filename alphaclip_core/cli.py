@@ -23,6 +23,7 @@ COMMAND_MODULES: List[str] = [
     "alphaclip_train.prepare.cli",    # data prepare/check/show
     "alphaclip_train.eval.cli",       # locate, eval
     "alphaclip_train.pseudolabel",    # pseudolabel (Detic box pseudo-labels)
+    "alphaclip_integrations.diffusers.cli",  # generate variation/convert (diffusers imported inside)
 ]
 
 
