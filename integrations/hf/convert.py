@@ -26,6 +26,7 @@ Reference-release files (visual only, ``attn.in_proj.weight``) go through
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -373,9 +374,15 @@ def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str 
 
 def load_open_clip_from_hf(folder: PathLike) -> AlphaCLIP:
     """Read a transformers Alpha-CLIP folder (written by :func:`save_hf` or ``save_pretrained``) back
-    into an open_clip :class:`~alphaclip_core.model.AlphaCLIP` (eval mode, CPU)."""
+    into an open_clip :class:`~alphaclip_core.model.AlphaCLIP` (eval mode, CPU); an Alpha-SigLIP folder
+    (``model_type`` ``alpha_siglip``) into its open_clip model (see
+    :func:`~alphaclip_integrations.hf.convert_siglip.siglip_model_to_open_clip`)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"source: {folder} has no config.json; not a transformers folder")
+    if json.loads((folder / "config.json").read_text()).get("model_type") == "alpha_siglip":
+        from .convert_siglip import siglip_model_to_open_clip
+        from .modeling_alpha_siglip import AlphaSiglipModel
+        return siglip_model_to_open_clip(AlphaSiglipModel.from_pretrained(str(folder)))
     hf = AlphaCLIPModel.from_pretrained(str(folder))
     return model_to_open_clip(hf)
