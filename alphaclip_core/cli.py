@@ -105,7 +105,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc
-    from .checkpoints import (CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
+    from .checkpoints import (ALPHA_KEYS, CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
                               read_state_dict, save_reference, save_safetensors, vision_arch)
 
     if Path(args.source).is_dir():  # a transformers folder, back to open_clip / reference
@@ -121,7 +121,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         model = open_clip.create_model(arch)
         if fmt == "clip" and args.base is None:
             # a plain CLIP becomes an Alpha-CLIP with a zero alpha conv: the starting point for training
-            load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=("visual.conv1_alpha.weight",))
+            load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=ALPHA_KEYS)
         elif fmt in ("alpha-reference", "open_clip-alpha"):
             load_alpha_clip(model, args.source, args.base)
         else:
