@@ -125,13 +125,19 @@ def build_model(name: str, init: Optional[str] = None, base: Optional[str] = Non
     """An :class:`AlphaCLIP` from an open_clip model name (or ``local-dir:``), with optional weights.
 
     ``init`` may be a plain CLIP (OpenAI ``.pt``, open_clip file: ``conv1_alpha`` starts at zero), an
-    Alpha-CLIP file, or a reference visual-only ``.pth`` (then ``base`` gives the text tower).
+    Alpha-CLIP file, a reference visual-only ``.pth`` (then ``base`` gives the text tower), or a
+    pretrained tag of the base (``webli`` for ``alpha-ViT-SO400M-14-SigLIP``: open_clip downloads the
+    base weights; ``conv1_alpha`` starts at zero).
     """
     import open_clip
 
     import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
 
-    model = open_clip.create_model(name)
+    tag = init if init and not os.path.exists(init) else None
+    if tag and open_clip.factory.get_pretrained_cfg(name, tag):  # a pretrained tag: the base weights, zero alpha
+        model, init = open_clip.create_model(name, pretrained=tag), None
+    else:
+        model = open_clip.create_model(name)
     if not isinstance(model, AlphaModel):
         model = add_alpha(model)
     if init:
