@@ -323,6 +323,16 @@ def save_reference(model: nn.Module, path: PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(ref, tmp))
 
 
+def _describe_timm(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The shape of an open_clip timm ViT tower (``visual.trunk.*``), or None."""
+    if TIMM_PATCH_KEY not in sd:
+        return None
+    width, _, patch, _ = sd[TIMM_PATCH_KEY].shape
+    blocks = len({k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")})
+    pooling = "attention pooling (SigLIP-style)" if "visual.trunk.attn_pool.latent" in sd else "token pooling"
+    return f"timm ViT width {width}, patch {patch}, {blocks} blocks, {pooling}"
+
+
 def describe(path: PathLike) -> Dict[str, object]:
     """What a checkpoint file is: format, vision architecture, alpha conv, parameter count, dtypes."""
     sd = read_state_dict(path)
@@ -337,6 +347,8 @@ def describe(path: PathLike) -> Dict[str, object]:
         if alpha_key in sd:
             info["conv1_alpha_abs_mean"] = float(sd[alpha_key].float().abs().mean())
     except CheckpointError:
-        info.update(vision=None, arch=None, has_conv1_alpha=False)
-    info["has_text_tower"] = "token_embedding.weight" in sd
+        info.update(vision=_describe_timm(sd), arch=None, has_conv1_alpha=TIMM_ALPHA_KEY in sd)
+        if TIMM_ALPHA_KEY in sd:
+            info["conv1_alpha_abs_mean"] = float(sd[TIMM_ALPHA_KEY].float().abs().mean())
+    info["has_text_tower"] = "token_embedding.weight" in sd or "text.token_embedding.weight" in sd
     return info

@@ -93,3 +93,18 @@ def test_info_lists_the_backbones(capsys):
     data = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert data["alpha-EVA02-L-14"]["tower"] == "timm eva02_large_patch14_clip_224"
     assert data["alpha-EVA02-L-14"]["text"] == "CustomText" and data["alpha-ViT-L-14"]["text"] == "CLIP"
+
+
+def test_info_describes_a_timm_alpha_checkpoint(tmp_path, capsys):
+    from alphaclip_core.checkpoints import save_safetensors
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("alpha-Toy-SL-8")
+    with torch.no_grad():
+        model.visual.conv1_alpha.weight.fill_(0.25)
+    save_safetensors(model, tmp_path / "sl.safetensors")
+    assert main(["info", str(tmp_path / "sl.safetensors"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "open_clip-alpha" and info["has_conv1_alpha"] is True
+    assert info["vision"] == "timm ViT width 32, patch 8, 2 blocks, attention pooling (SigLIP-style)"
+    assert info["conv1_alpha_abs_mean"] == pytest.approx(0.25) and info["has_text_tower"] is True
