@@ -11,8 +11,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoConfig, AutoModel, AutoProcessor, PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, SiglipConfig, SiglipModel
 
 import alphaclip_integrations.hf as ah
 import alphaclip_integrations.open_clip as aoc
@@ -20,6 +19,7 @@ import backbones_kit as kit
 from alphaclip_core import WHOLE_IMAGE_ALPHA, normalize_alpha, prepare
 from alphaclip_core.checkpoints import read_state_dict, save_safetensors
 from alphaclip_core.cli import main as cli_main
+from test_llava_hf import tiny_tokenizer  # a word-level tokenizer built in-process
 
 ATOL = 2e-5  # fp32, same weights, different kernels (timm SDPA / fused MHA vs split q/k/v eager): measured ~1e-7
 NAME = "alpha-Toy-SL-8"
@@ -27,7 +27,6 @@ VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_att
               patch_size=8)
 TEXT = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
             max_position_embeddings=16, pad_token_id=1, bos_token_id=None, eos_token_id=None)
-WORDS = ["<pad>", "<unk>", "a", "red", "blue", "circle", "square", "cat", "photo", "of"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,12 +47,6 @@ def trained():
     open_clip.model.set_model_preprocess_cfg(model, dict(model.visual.preprocess_cfg, mean=(0.5,) * 3, std=(0.5,) * 3,
                                                          resize_mode="squash"))
     return model
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")
 
 
 def _inputs(n=3, seed=2):
@@ -225,7 +218,8 @@ def test_processor_uses_the_core_transform_and_siglip_text_conventions(trained, 
     mask[5:25, 12:40] = True
     out = processor(images=img, masks=mask, text=["a red circle", "a photo of a blue square"])
     assert set(out) == {"input_ids", "pixel_values", "alpha_values"}  # no attention mask: SigLIP pools the last token
-    assert tuple(out["input_ids"].shape) == (2, 16) and out["input_ids"][0, -1].item() == 0  # padded to the context
+    pad = processor.tokenizer.pad_token_id
+    assert tuple(out["input_ids"].shape) == (2, 16) and out["input_ids"][0, -1].item() == pad  # padded to the context
     ref_pixels, ref_alpha = prepare(img, mask=mask, size=32, mode="pad", mean=(0.5,) * 3, std=(0.5,) * 3)
     torch.testing.assert_close(out["pixel_values"], ref_pixels.expand(1, -1, -1, -1), rtol=0, atol=0)
     torch.testing.assert_close(out["alpha_values"], ref_alpha, rtol=0, atol=0)

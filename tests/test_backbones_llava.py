@@ -6,9 +6,8 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoModelForImageTextToText, AutoProcessor, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, PreTrainedTokenizerFast, SiglipVisionConfig)
+                          LlavaForConditionalGeneration, SiglipVisionConfig)
 
 import alphaclip_integrations.open_clip  # noqa: F401
 import backbones_kit as kit
@@ -17,18 +16,9 @@ from alphaclip_core.checkpoints import CheckpointError, save_safetensors
 from alphaclip_integrations.hf import AlphaSiglipVisionConfig, AlphaSiglipVisionModel, siglip_vision_model_from_open_clip
 from alphaclip_integrations.llava import AlphaLlavaForConditionalGeneration, convert_llava
 from alphaclip_integrations.llava.convert import alpha_llava_from_llava
+from test_llava_hf import WORDS, tiny_tokenizer  # the tiny LLaVA tokenizer (<image> = len(WORDS))
 
-WORDS = ["<unk>", "<pad>", "<s>", "</s>", "USER:", "ASSISTANT:", "describe", "the", "region", "."]
 PATCHES = 16  # 32px / 8px patches, no class token: LLaVA's 'full' strategy keeps all 16
-
-
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                  eos_token="</s>")
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
 
 
 def tiny_siglip_llava(layer: int = -2, seed: int = 1) -> LlavaForConditionalGeneration:

@@ -11,9 +11,10 @@ from open_clip.model import CLIP, CustomTextCLIP
 
 import alphaclip_integrations.open_clip as aoc
 import backbones_kit as kit
-from alphaclip_core import (WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaCustomTextCLIP, AlphaModel, AlphaTimmModel,
+from alphaclip_core import (WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaCustomTextCLIP, AlphaTimmModel,
                             AlphaVisionTransformer, add_alpha, normalize_alpha)
 from alphaclip_core.checkpoints import save_safetensors
+from conftest import randomize_alpha_conv
 
 TOYS = list(kit.FAMILIES.values())
 
@@ -29,14 +30,6 @@ def _inputs(n=3, seed=7):
     masks = (torch.rand(n, 1, 32, 32, generator=g) > 0.5).float()
     masks[0] = 1.0  # one whole-image row among region rows
     return image, normalize_alpha(masks)
-
-
-def _randomize(model: AlphaModel, seed: int = 1, scale: float = 0.5) -> AlphaModel:
-    g = torch.Generator().manual_seed(seed)
-    w = model.visual.conv1_alpha.weight
-    with torch.no_grad():
-        w.copy_(torch.randn(w.shape, generator=g) * scale)
-    return model
 
 
 def _plain_and_alpha(name):
@@ -159,7 +152,7 @@ def test_fresh_alpha_model_is_the_base_bit_for_bit(name):
 @pytest.mark.parametrize("name", TOYS)
 def test_a_nonzero_alpha_conv_makes_alpha_matter(name):
     plain, alpha = _plain_and_alpha(name)
-    _randomize(alpha, scale=1.0)
+    randomize_alpha_conv(alpha, scale=1.0)
     image, alpha_map = _inputs()
     with torch.no_grad():
         base = plain.encode_image(image)
@@ -201,7 +194,7 @@ def test_base_weights_load_into_the_alpha_name_with_a_zero_conv(name, tmp_path, 
     with torch.no_grad():
         torch.testing.assert_close(model.eval().encode_image(image, alpha_map), ref, rtol=0, atol=0)
     # a trained alpha model is NOT silently zeroed by a partial load
-    _randomize(model)
+    randomize_alpha_conv(model)
     before = model.visual.conv1_alpha.weight.clone()
     model.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("visual.")}, strict=False)
     assert torch.equal(model.visual.conv1_alpha.weight, before)
@@ -210,7 +203,7 @@ def test_base_weights_load_into_the_alpha_name_with_a_zero_conv(name, tmp_path, 
 @pytest.mark.parametrize("name", TOYS)
 def test_local_dir_round_trip_is_exact(name, tmp_path):
     torch.manual_seed(1)
-    model = _randomize(open_clip.create_model("alpha-" + name).eval())
+    model = randomize_alpha_conv(open_clip.create_model("alpha-" + name).eval())
     folder = aoc.save_pretrained(model, tmp_path / "folder")
     cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
     assert cfg["alpha_clip"] is True and cfg.get("custom_text", False) == isinstance(model, CustomTextCLIP)

@@ -59,42 +59,36 @@ __all__ = [
 _registered = False
 
 
+def _register_family(config, vision_config, text_config, model, vision_model, image_processor, processor) -> None:
+    """One model family (Alpha-CLIP, Alpha-SigLIP) with AutoConfig / AutoModel / AutoImageProcessor / AutoProcessor,
+    and its config + modeling files for remote-code export (the processors use alpha-clip, so they are NOT
+    exported: a remote-code folder gives the model, the processor needs `pip install alpha-clip`)."""
+    for cfg in (config, vision_config, text_config):
+        AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
+    AutoModel.register(config, model, exist_ok=True)
+    AutoModel.register(vision_config, vision_model, exist_ok=True)
+    for cfg in (config, vision_config):
+        AutoImageProcessor.register(cfg, image_processor_classes={"torchvision": image_processor}, exist_ok=True)
+    AutoProcessor.register(config, processor, exist_ok=True)
+    config.register_for_auto_class()
+    vision_config.register_for_auto_class()
+    model.register_for_auto_class("AutoModel")
+    vision_model.register_for_auto_class("AutoModel")
+
+
 def register() -> None:
     """Register the configs, models, processors and pipeline with transformers (idempotent; runs on import)."""
     global _registered
     if _registered:
         return
-    for config in (AlphaCLIPConfig, AlphaCLIPVisionConfig, AlphaCLIPTextConfig):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-    AutoModel.register(AlphaCLIPConfig, AlphaCLIPModel, exist_ok=True)
-    AutoModel.register(AlphaCLIPVisionConfig, AlphaCLIPVisionModel, exist_ok=True)
+    _register_family(AlphaCLIPConfig, AlphaCLIPVisionConfig, AlphaCLIPTextConfig, AlphaCLIPModel, AlphaCLIPVisionModel,
+                     AlphaCLIPImageProcessor, AlphaCLIPProcessor)
     AutoModelForZeroShotImageClassification.register(AlphaCLIPConfig, AlphaCLIPModel, exist_ok=True)
-    for config in (AlphaCLIPConfig, AlphaCLIPVisionConfig):
-        AutoImageProcessor.register(config, image_processor_classes={"torchvision": AlphaCLIPImageProcessor},
-                                    exist_ok=True)
-    AutoProcessor.register(AlphaCLIPConfig, AlphaCLIPProcessor, exist_ok=True)
-    # remote-code export (config + modeling files are self-contained; the processors use alpha-clip, so they
-    # are NOT exported: a remote-code folder gives the model, the processor needs `pip install alpha-clip`)
-    AlphaCLIPConfig.register_for_auto_class()
-    AlphaCLIPVisionConfig.register_for_auto_class()
-    AlphaCLIPModel.register_for_auto_class("AutoModel")
-    AlphaCLIPVisionModel.register_for_auto_class("AutoModel")
     AlphaCLIPVisionModelWithProjection.register_for_auto_class("AutoModel")
     PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotRegionClassificationPipeline,
                                         pt_model=AutoModel, type="multimodal")
-    # Alpha-SigLIP
-    for config in (AlphaSiglipConfig, AlphaSiglipVisionConfig, AlphaSiglipTextConfig):
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-    AutoModel.register(AlphaSiglipConfig, AlphaSiglipModel, exist_ok=True)
-    AutoModel.register(AlphaSiglipVisionConfig, AlphaSiglipVisionModel, exist_ok=True)
-    for config in (AlphaSiglipConfig, AlphaSiglipVisionConfig):
-        AutoImageProcessor.register(config, image_processor_classes={"torchvision": AlphaSiglipImageProcessor},
-                                    exist_ok=True)
-    AutoProcessor.register(AlphaSiglipConfig, AlphaSiglipProcessor, exist_ok=True)
-    AlphaSiglipConfig.register_for_auto_class()
-    AlphaSiglipVisionConfig.register_for_auto_class()
-    AlphaSiglipModel.register_for_auto_class("AutoModel")
-    AlphaSiglipVisionModel.register_for_auto_class("AutoModel")
+    _register_family(AlphaSiglipConfig, AlphaSiglipVisionConfig, AlphaSiglipTextConfig, AlphaSiglipModel,
+                     AlphaSiglipVisionModel, AlphaSiglipImageProcessor, AlphaSiglipProcessor)
     _registered = True
 
 

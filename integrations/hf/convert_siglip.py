@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
@@ -41,7 +40,7 @@ from alphaclip_core.checkpoints import CheckpointError
 from alphaclip_core.model import AlphaCustomTextCLIP, AlphaModel, AlphaTimmModel, add_alpha
 
 from .configuration_alpha_siglip import AlphaSiglipConfig, AlphaSiglipTextConfig, AlphaSiglipVisionConfig
-from .convert import _load_checked, _tower_from_hf, _tower_to_hf
+from .convert import Layout, _load_checked, _tower_from_hf, _tower_to_hf
 from .modeling_alpha_siglip import AlphaSiglipModel, AlphaSiglipVisionModel
 
 __all__ = ["is_siglip", "siglip_to_hf_state_dict", "hf_to_siglip_state_dict", "siglip_vision_config_from_open_clip",
@@ -61,14 +60,14 @@ _VISION = {"patch_embed.proj.weight": "embeddings.patch_embedding.weight",
            "attn_pool.norm.weight": "head.layernorm.weight", "attn_pool.norm.bias": "head.layernorm.bias",
            "attn_pool.mlp.fc1.weight": "head.mlp.fc1.weight", "attn_pool.mlp.fc1.bias": "head.mlp.fc1.bias",
            "attn_pool.mlp.fc2.weight": "head.mlp.fc2.weight", "attn_pool.mlp.fc2.bias": "head.mlp.fc2.bias"}
-_VISION_BLOCK = [("norm1.", "layer_norm1."), ("norm2.", "layer_norm2."), ("attn.proj.", "self_attn.out_proj."),
-                 ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2.")]
+#: timm's ViT blocks
+TIMM_LAYOUT = Layout("blocks", "attn.qkv.{}", (("norm1.", "layer_norm1."), ("norm2.", "layer_norm2."),
+                                               ("attn.proj.", "self_attn.out_proj."), ("mlp.fc1.", "mlp.fc1."),
+                                               ("mlp.fc2.", "mlp.fc2.")))
 _TEXT = {"token_embedding.weight": "embeddings.token_embedding.weight",
          "positional_embedding": "embeddings.position_embedding.weight",
          "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias",
          "text_projection.weight": "head.weight", "text_projection.bias": "head.bias"}
-_TIMM_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_HF_BLOCK_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 
 
 def is_siglip(model: Any) -> bool:
@@ -81,34 +80,13 @@ def is_siglip(model: Any) -> bool:
 
 # ------------------------------------------------------------------------------------------------ key maps
 def _vision_to_hf(trunk: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    out: Dict[str, torch.Tensor] = {}
-    pool_in = {}
-    for key, value in trunk.items():
-        if key in _VISION:
-            out[_VISION[key]] = value
-        elif key == "pos_embed":
-            out["embeddings.position_embedding.weight"] = value.reshape(value.shape[-2], value.shape[-1])
-        elif key.startswith(("attn_pool.q.", "attn_pool.kv.")):
-            pool_in[key] = value
-        else:
-            m = _TIMM_BLOCK_RE.match(key)
-            if not m:
-                raise CheckpointError(f"vision tower: no transformers name for open_clip key 'visual.trunk.{key}'")
-            i, rest = m.groups()
-            prefix = f"encoder.layers.{i}."
-            if rest in ("attn.qkv.weight", "attn.qkv.bias"):
-                kind = rest.rsplit(".", 1)[1]
-                for name, part in zip("qkv", value.chunk(3, dim=0)):
-                    out[f"{prefix}self_attn.{name}_proj.{kind}"] = part
-                continue
-            for old, new in _VISION_BLOCK:
-                if rest.startswith(old):
-                    out[prefix + new + rest[len(old):]] = value
-                    break
-            else:
-                raise CheckpointError(f"vision tower: no transformers name for open_clip key 'visual.trunk.{key}'")
-    for kind in ("weight", "bias"):
-        q, kv = pool_in.get(f"attn_pool.q.{kind}"), pool_in.get(f"attn_pool.kv.{kind}")
+    rest = {k: v for k, v in trunk.items() if k != "pos_embed" and not k.startswith(("attn_pool.q.", "attn_pool.kv."))}
+    out = _tower_to_hf(rest, _VISION, "vision tower", TIMM_LAYOUT)
+    if "pos_embed" in trunk:
+        pos = trunk["pos_embed"]
+        out["embeddings.position_embedding.weight"] = pos.reshape(pos.shape[-2], pos.shape[-1])
+    for kind in ("weight", "bias"):  # the pooling head's q and fused kv -> one fused in_proj (q; k; v)
+        q, kv = trunk.get(f"attn_pool.q.{kind}"), trunk.get(f"attn_pool.kv.{kind}")
         if q is not None and kv is not None:
             out[f"head.attention.in_proj_{kind}"] = torch.cat([q, kv], dim=0)
         elif q is not None or kv is not None:
@@ -117,38 +95,15 @@ def _vision_to_hf(trunk: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
 
 
 def _vision_from_hf(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    inverse = {v: k for k, v in _VISION.items()}
-    out: Dict[str, torch.Tensor] = {}
-    qkv: Dict[tuple, Dict[str, torch.Tensor]] = {}
-    for key, value in sd.items():
-        if key in inverse:
-            out[inverse[key]] = value
-        elif key == "embeddings.position_embedding.weight":
-            out["pos_embed"] = value.unsqueeze(0)
-        elif key.startswith("head.attention.in_proj_"):
-            kind = key.rsplit("_", 1)[1]
-            d = value.shape[0] // 3
-            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = value[:d], value[d:]
-        else:
-            m = _HF_BLOCK_RE.match(key)
-            if not m:
-                raise CheckpointError(f"vision tower: no open_clip name for transformers key 'vision_model.{key}'")
-            i, rest = m.groups()
-            prefix = f"blocks.{i}."
-            qm = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-            if qm:
-                qkv.setdefault((prefix, qm.group(2)), {})[qm.group(1)] = value
-                continue
-            for old, new in _VISION_BLOCK:
-                if rest.startswith(new):
-                    out[prefix + old + rest[len(new):]] = value
-                    break
-            else:
-                raise CheckpointError(f"vision tower: no open_clip name for transformers key 'vision_model.{key}'")
-    for (prefix, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"vision tower: {prefix} has {sorted(parts)} projections ({kind}); need q, k and v")
-        out[f"{prefix}attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    special = ("embeddings.position_embedding.weight", "head.attention.in_proj_weight", "head.attention.in_proj_bias")
+    out = _tower_from_hf({k: v for k, v in sd.items() if k not in special}, _VISION, "vision tower", TIMM_LAYOUT)
+    if "embeddings.position_embedding.weight" in sd:
+        out["pos_embed"] = sd["embeddings.position_embedding.weight"].unsqueeze(0)
+    for kind in ("weight", "bias"):
+        fused = sd.get(f"head.attention.in_proj_{kind}")
+        if fused is not None:
+            d = fused.shape[0] // 3
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = fused[:d], fused[d:]
     return out
 
 

@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover
     register_checkpoint_conversion_mapping = None
 
 from .configuration_alpha_siglip import AlphaSiglipConfig, AlphaSiglipVisionConfig
-from .modeling_alpha_clip import ALPHA_MEAN, ALPHA_STD, WHOLE_IMAGE_ALPHA, _check_alpha
+from .modeling_alpha_clip import ALPHA_MEAN, ALPHA_STD, WHOLE_IMAGE_ALPHA, _alpha_conv, _alpha_patch_embeds
 
 __all__ = ["ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA", "AlphaSiglipPreTrainedModel",
            "AlphaSiglipVisionEmbeddings", "AlphaSiglipVisionModel", "AlphaSiglipModel", "siglip_loss"]
@@ -63,27 +63,15 @@ class AlphaSiglipVisionEmbeddings(SiglipVisionEmbeddings):
 
     def __init__(self, config: AlphaSiglipVisionConfig):
         super().__init__(config)
-        self.patch_embedding_alpha = nn.Conv2d(
-            in_channels=1, out_channels=self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size,
-            bias=False)
-        nn.init.zeros_(self.patch_embedding_alpha.weight)
+        self.patch_embedding_alpha = _alpha_conv(self.embed_dim, self.patch_size)
         self.check_alpha = True
 
     def forward(self, pixel_values: torch.Tensor, alpha_values: Optional[torch.Tensor] = None,
                 interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """``pixel_values [B,3,H,W]`` + ``alpha_values [B,1,H,W]`` (normalised; None = whole image)
         -> embeddings ``[B, num_patches, hidden]``."""
-        batch_size, _, height, width = pixel_values.shape
-        alpha_dtype = self.patch_embedding_alpha.weight.dtype
-        if alpha_values is None:
-            alpha_values = torch.full((batch_size, 1, height, width), WHOLE_IMAGE_ALPHA, dtype=alpha_dtype,
-                                      device=pixel_values.device)
-        else:
-            _check_alpha(pixel_values, alpha_values, self.check_alpha)
-        target_dtype = self.patch_embedding.weight.dtype
-        patch_embeds = self.patch_embedding(pixel_values.to(dtype=target_dtype))  # [B, hidden, grid, grid]
-        patch_embeds = patch_embeds + self.patch_embedding_alpha(alpha_values.to(dtype=alpha_dtype)).to(target_dtype)
-        embeddings = patch_embeds.flatten(2).transpose(1, 2)
+        _, _, height, width = pixel_values.shape
+        embeddings = _alpha_patch_embeds(self, pixel_values, alpha_values).flatten(2).transpose(1, 2)
         if interpolate_pos_encoding:
             embeddings = embeddings + self.interpolate_pos_encoding(embeddings, height, width)
         else:
