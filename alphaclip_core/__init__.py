@@ -7,7 +7,8 @@ overlay pictures (:mod:`.viz`).
 from .alpha import (ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, normalize_alpha, polygons_to_masks,
                     prepare, region_masks, rle_decode, rle_encode, rle_to_masks, to_masks, whole_image_alpha)
 from .checkpoints import CheckpointError, describe, load_alpha_clip, read_state_dict, save_reference, save_safetensors
-from .model import WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaVisionTransformer, add_alpha
+from .model import (WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaCustomTextCLIP, AlphaModel, AlphaTimmModel,
+                    AlphaVisionTransformer, add_alpha, alpha_tower)
 from .regions import RegionScores, classify_regions, score_regions, text_classifier
 
 __version__ = "0.1.0"
@@ -15,7 +16,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA", "PairedTransform", "prepare", "normalize_alpha",
     "whole_image_alpha", "to_masks", "boxes_to_masks", "polygons_to_masks", "rle_encode", "rle_decode",
-    "rle_to_masks", "region_masks", "AlphaCLIP", "AlphaVisionTransformer", "add_alpha", "CheckpointError",
+    "rle_to_masks", "region_masks", "AlphaCLIP", "AlphaCustomTextCLIP", "AlphaModel", "AlphaVisionTransformer",
+    "AlphaTimmModel", "add_alpha", "alpha_tower", "CheckpointError",
     "read_state_dict", "load_alpha_clip", "save_safetensors", "save_reference", "describe", "RegionScores",
     "classify_regions", "score_regions", "text_classifier", "__version__",
 ]

@@ -5,9 +5,11 @@ Formats understood:
 - ``alpha-reference``: the reference release's ``.pth`` — a state dict of the VISUAL tower only, no
   ``visual.`` prefix (``module.`` allowed), fused qkv stored as ``attn.in_proj.{weight,bias}``.
 - ``clip``: a whole plain CLIP in OpenAI/open_clip key names (an OpenAI TorchScript ``.pt`` archive,
-  a plain state dict, or an open_clip ``.bin``/``.pt``/``.safetensors``).
+  a plain state dict, or an open_clip ``.bin``/``.pt``/``.safetensors``; also open_clip's
+  ``CustomTextCLIP`` with a timm ViT tower: ``visual.trunk.*`` + ``text.*``).
 - ``open_clip-alpha``: a whole Alpha-CLIP in open_clip key names (``visual.conv1_alpha.weight``
-  present) — what ``alphaclip convert`` writes.
+  present; for a timm ViT tower ``visual.trunk.patch_embed.conv1_alpha.weight``, beside timm's
+  ``visual.trunk.patch_embed.proj.weight``) — what ``alphaclip convert`` and training write.
 
 Nothing is unpickled unsafely: ``.safetensors`` via safetensors, pickled files with
 ``torch.load(weights_only=True)``, TorchScript archives (OpenAI's ``.pt``) via ``torch.jit.load``,
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CheckpointError", "VisionArch", "KNOWN_ARCHS", "read_state_dict", "detect_format",
+    "CheckpointError", "VisionArch", "KNOWN_ARCHS", "TIMM_PATCH_KEY", "TIMM_ALPHA_KEY", "ALPHA_KEYS", "read_state_dict", "detect_format",
     "reference_to_open_clip", "rename_reference_keys", "open_clip_to_reference", "vision_arch", "load_state_dict_checked",
     "load_alpha_clip", "save_safetensors", "save_reference", "atomic_write", "describe",
 ]
@@ -38,6 +40,11 @@ PathLike = Union[str, os.PathLike]
 
 # Scalar entries in OpenAI's archives that are not weights.
 _OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")
+#: open_clip keys of a timm ViT tower's RGB patch conv and of the alpha conv beside it (AlphaTimmModel)
+TIMM_PATCH_KEY = "visual.trunk.patch_embed.proj.weight"
+TIMM_ALPHA_KEY = "visual.trunk.patch_embed.conv1_alpha.weight"
+#: where a whole open_clip Alpha-CLIP keeps its alpha conv (one of them), e.g. for ``allow_missing``
+ALPHA_KEYS = ("visual.conv1_alpha.weight", TIMM_ALPHA_KEY)
 _REFERENCE_REQUIRED = ("conv1.weight", "conv1_alpha.weight", "class_embedding", "positional_embedding",
                        "ln_pre.weight", "ln_post.weight", "proj")
 
@@ -152,9 +159,10 @@ def detect_format(sd: Mapping[str, torch.Tensor]) -> str:
     ``clip-visual`` (a plain visual tower), ``hf`` (transformers names) or ``unknown``."""
     if "conv1_alpha.weight" in sd and "conv1.weight" in sd:
         return "alpha-reference"
-    if "visual.conv1_alpha.weight" in sd:
+    if "visual.conv1_alpha.weight" in sd or TIMM_ALPHA_KEY in sd:
         return "open_clip-alpha"
-    if "visual.conv1.weight" in sd and "token_embedding.weight" in sd:
+    if ("visual.conv1.weight" in sd or TIMM_PATCH_KEY in sd) and (
+            "token_embedding.weight" in sd or "text.token_embedding.weight" in sd):
         return "clip"
     if "conv1.weight" in sd and "class_embedding" in sd:
         return "clip-visual"
@@ -315,6 +323,16 @@ def save_reference(model: nn.Module, path: PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(ref, tmp))
 
 
+def _describe_timm(sd: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The shape of an open_clip timm ViT tower (``visual.trunk.*``), or None."""
+    if TIMM_PATCH_KEY not in sd:
+        return None
+    width, _, patch, _ = sd[TIMM_PATCH_KEY].shape
+    blocks = len({k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")})
+    pooling = "attention pooling (SigLIP-style)" if "visual.trunk.attn_pool.latent" in sd else "token pooling"
+    return f"timm ViT width {width}, patch {patch}, {blocks} blocks, {pooling}"
+
+
 def describe(path: PathLike) -> Dict[str, object]:
     """What a checkpoint file is: format, vision architecture, alpha conv, parameter count, dtypes."""
     sd = read_state_dict(path)
@@ -329,6 +347,8 @@ def describe(path: PathLike) -> Dict[str, object]:
         if alpha_key in sd:
             info["conv1_alpha_abs_mean"] = float(sd[alpha_key].float().abs().mean())
     except CheckpointError:
-        info.update(vision=None, arch=None, has_conv1_alpha=False)
-    info["has_text_tower"] = "token_embedding.weight" in sd
+        info.update(vision=_describe_timm(sd), arch=None, has_conv1_alpha=TIMM_ALPHA_KEY in sd)
+        if TIMM_ALPHA_KEY in sd:
+            info["conv1_alpha_abs_mean"] = float(sd[TIMM_ALPHA_KEY].float().abs().mean())
+    info["has_text_tower"] = "token_embedding.weight" in sd or "text.token_embedding.weight" in sd
     return info

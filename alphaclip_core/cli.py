@@ -1,7 +1,8 @@
 """The ``alphaclip`` command.
 
 Core subcommands: ``classify`` (regions of an image over labels, ranked table + overlay PNG),
-``convert`` (between weight formats) and ``info`` (what a checkpoint is). Other packages of this
+``convert`` (between weight formats) and ``info`` (what a checkpoint is; without a file, the
+supported backbones). Other packages of this
 distribution add subcommands through :data:`COMMAND_MODULES`: each listed module has
 ``register(subparsers)`` and imports its heavy frameworks only inside its own command.
 """
@@ -105,7 +106,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc
-    from .checkpoints import (CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
+    from .checkpoints import (ALPHA_KEYS, CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
                               read_state_dict, save_reference, save_safetensors, vision_arch)
 
     if Path(args.source).is_dir():  # a transformers folder, back to open_clip / reference
@@ -121,7 +122,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         model = open_clip.create_model(arch)
         if fmt == "clip" and args.base is None:
             # a plain CLIP becomes an Alpha-CLIP with a zero alpha conv: the starting point for training
-            load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=("visual.conv1_alpha.weight",))
+            load_state_dict_checked(model, sd, f"source {args.source}", allow_missing=ALPHA_KEYS)
         elif fmt in ("alpha-reference", "open_clip-alpha"):
             load_alpha_clip(model, args.source, args.base)
         else:
@@ -141,9 +142,32 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backbones(as_json: bool) -> int:
+    """``alphaclip info`` without a file: the ``alpha-<name>`` backbones open_clip can build, and how to start one."""
+    import alphaclip_integrations.open_clip as aoc
+
+    rows = [b.row() for b in aoc.backbones()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<38} {'vision tower':<52} {'size':>4}  pretrained tags (the base's; released Alpha-CLIP)")
+    for r in rows:
+        tags = r["released_tags"] + r["base_tags"]
+        more = f" +{len(tags) - 3}" if len(tags) > 3 else ""
+        print(f"{r['name']:<38} {r['tower']:<52} {r['image_size']:>4}  {', '.join(tags[:3]) or '-'}{more}")
+    print(f"\n{len(rows)} backbones: every open_clip model with a ViT vision tower, as alpha-<name> (ResNet, ConvNeXt "
+          "and conv-stem towers have no patch embedding to add the alpha to).\n"
+          "Start one: open_clip.create_model_and_transforms('alpha-<name>', pretrained='<tag of <name>>') after "
+          "`import alphaclip_integrations.open_clip`:\nthe base weights load and conv1_alpha starts at zero. Train it: "
+          "alphaclip train SHARDS --model alpha-<name> --init <tag or file> -o RUN. See docs/backbones.md.")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import describe
 
+    if args.file is None or args.backbones:
+        return _cmd_backbones(args.json)
     info = describe(args.file)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -183,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="output file or folder")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("info", help="say what a checkpoint is")
-    p.add_argument("file")
+    p = sub.add_parser("info", help="say what a checkpoint is; without a file, list the supported backbones")
+    p.add_argument("file", nargs="?", help="checkpoint file (omit it to list the alpha-<name> backbones)")
+    p.add_argument("--backbones", action="store_true", help="list the alpha-<name> backbones open_clip can build")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_info)
 

@@ -1,30 +1,51 @@
-"""The Alpha-CLIP model: open_clip's ViT with one extra layer, ``conv1_alpha``.
+"""The Alpha-CLIP model: a CLIP ViT with one extra layer, ``conv1_alpha``.
 
 ``conv1_alpha`` is a ``Conv2d(1, width, kernel=patch, stride=patch, bias=False)`` over a normalised
-alpha map ``[B, 1, H, W]``. Its output is added to the RGB patch embedding (``conv1``) before the
-class token and the positional embedding; nothing else in the tower changes. It starts at zero, so
-a freshly converted Alpha-CLIP computes exactly what the plain CLIP computes, whatever the alpha.
+alpha map ``[B, 1, H, W]``. Its output is added to the RGB patch embedding before anything else
+(class token, positional embedding, norms); nothing else in the tower changes. It starts at zero,
+so a freshly converted Alpha-CLIP computes exactly what the plain CLIP computes, whatever the alpha.
+
+Two kinds of open_clip vision tower get it:
+
+- open_clip's own :class:`~open_clip.transformer.VisionTransformer` (OpenAI, LAION, MetaCLIP, DFN,
+  ViT-H/14, ViT-bigG/14, ...) -> :class:`AlphaVisionTransformer`; the conv is ``visual.conv1_alpha``,
+  beside the RGB ``visual.conv1``;
+- open_clip's :class:`~open_clip.timm_model.TimmModel` whose timm trunk is a ViT with timm's patch
+  embedding (EVA/EVA02, SigLIP/SigLIP2, PE-Core, timm ViTs) -> :class:`AlphaTimmModel`; the conv is
+  ``visual.trunk.patch_embed.conv1_alpha``, beside timm's RGB ``visual.trunk.patch_embed.proj``.
+
+Whole models: :class:`AlphaCLIP` (open_clip's ``CLIP``) and :class:`AlphaCustomTextCLIP` (open_clip's
+``CustomTextCLIP``: EVA, SigLIP, ... whose text tower lives under ``text.``), both :class:`AlphaModel`.
+:func:`add_alpha` converts a plain model in place. ResNet / ConvNeXt / conv-stem towers are refused
+with a clear error: they have no patch embedding to add the alpha embedding to.
 
 Alpha maps given to the model are already normalised (see :mod:`alphaclip_core.alpha`):
 foreground ``+1.9231``, background ``-1.9231``; ``alpha=None`` means "whole image"
-(``+1.9231`` everywhere).
+(``+1.9231`` everywhere). The normalisation is the same for every backbone, also where the image
+normalisation differs (SigLIP's images use mean/std 0.5; its alpha still uses 0.5/0.26).
 """
 from __future__ import annotations
 
 import logging
 import warnings
 from dataclasses import asdict, is_dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
+from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
 from .alpha import ALPHA_MEAN, ALPHA_STD
 
-__all__ = ["AlphaVisionTransformer", "AlphaCLIP", "WHOLE_IMAGE_ALPHA", "add_alpha"]
+try:  # open_clip imports timm lazily too; without timm there are simply no timm towers
+    from open_clip.timm_model import TimmModel
+except ImportError:  # pragma: no cover
+    TimmModel = None  # type: ignore[assignment,misc]
+
+__all__ = ["AlphaVisionTransformer", "AlphaTimmModel", "AlphaModel", "AlphaCLIP", "AlphaCustomTextCLIP",
+           "WHOLE_IMAGE_ALPHA", "add_alpha", "alpha_tower", "check_alpha"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +55,58 @@ _BACKGROUND_ALPHA: float = (0.0 - ALPHA_MEAN) / ALPHA_STD
 _RANGE_EPS = 1e-3
 
 
+def check_alpha(x: torch.Tensor, alpha: Any, check_range: bool = True) -> None:
+    """Check ``alpha`` against the images ``x [B, 3, H, W]``: a float ``[B, 1, H, W]`` tensor and, with
+    ``check_range``, values in ``[-1.9231, 1.9231]`` (one device sync). Raises TypeError / ValueError
+    naming ``alpha``; warns when every value lies in [0, 1] (a raw, un-normalised mask)."""
+    if not isinstance(alpha, torch.Tensor):
+        raise TypeError(f"alpha: expected a torch.Tensor [B,1,H,W], got {type(alpha).__name__}")
+    if not alpha.is_floating_point():
+        raise TypeError(f"alpha: expected a floating point tensor (normalised alpha), got {alpha.dtype}")
+    expected = (x.shape[0], 1, x.shape[2], x.shape[3])
+    if alpha.dim() != 4 or tuple(alpha.shape) != expected:
+        raise ValueError(
+            f"alpha: expected shape {list(expected)} (one 1-channel map per image, the image's "
+            f"height and width), got {list(alpha.shape)}")
+    if check_range and alpha.numel() and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+        lo, hi = torch.aminmax(alpha.detach())
+        lo, hi = float(lo), float(hi)
+        if lo < _BACKGROUND_ALPHA - _RANGE_EPS or hi > WHOLE_IMAGE_ALPHA + _RANGE_EPS:
+            raise ValueError(
+                f"alpha: values must lie in [{_BACKGROUND_ALPHA:.4f}, {WHOLE_IMAGE_ALPHA:.4f}] "
+                f"(normalised with mean {ALPHA_MEAN}, std {ALPHA_STD}); got [{lo:.4f}, {hi:.4f}]")
+        if lo >= 0.0 and hi <= 1.0:
+            warnings.warn(
+                "alpha: all values lie in [0, 1]; this looks like a raw mask. Normalise it with "
+                "alphaclip_core.normalize_alpha (foreground +1.9231, background -1.9231).",
+                stacklevel=5)
+
+
+def _zero_alpha_conv_for_plain(state_dict: Dict[str, Any], prefix: str, rgb_key: str, alpha_key: str) -> None:
+    """A state dict of a plain tower (RGB patch conv, no alpha conv) loads as a zero alpha conv."""
+    rgb, alpha = prefix + rgb_key, prefix + alpha_key
+    if rgb in state_dict and alpha not in state_dict:
+        w = state_dict[rgb]
+        state_dict[alpha] = torch.zeros((w.shape[0], 1) + tuple(w.shape[2:]), dtype=w.dtype, device=w.device)
+        logger.debug("%s: no %s in the state dict (a plain CLIP): the alpha conv is set to zero", prefix, alpha)
+
+
 class AlphaVisionTransformer(VisionTransformer):
     """open_clip's :class:`~open_clip.transformer.VisionTransformer` that also reads an alpha map.
 
     Takes the same constructor arguments as ``VisionTransformer``. The extra parameter
-    ``conv1_alpha.weight`` has shape ``[width, 1, patch, patch]`` and is zero-initialised.
+    ``conv1_alpha.weight`` has shape ``[width, 1, patch, patch]`` and is zero-initialised. A state
+    dict of the plain tower (``conv1.weight`` but no ``conv1_alpha.weight``) loads with a zero alpha
+    conv, also with ``strict=True``.
 
     Attributes:
         check_alpha: when True (default) every forward checks that ``alpha`` lies in the normalised
             range ``[-1.9231, 1.9231]`` (one device sync). Training loops may switch it off.
     """
+
+    #: the tower's transformer blocks and its layers after them (parameter-name prefixes, for training)
+    BLOCKS = "transformer.resblocks"
+    HEAD = ("ln_post", "proj", "attn_pool", "attn_pool_contrastive")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -76,37 +139,18 @@ class AlphaVisionTransformer(VisionTransformer):
         visual._add_alpha_conv()
         return visual
 
-    # --- alpha handling -------------------------------------------------------------------------
-    def _validate_alpha(self, x: torch.Tensor, alpha: torch.Tensor) -> None:
-        if not isinstance(alpha, torch.Tensor):
-            raise TypeError(f"alpha: expected a torch.Tensor [B,1,H,W], got {type(alpha).__name__}")
-        if not alpha.is_floating_point():
-            raise TypeError(f"alpha: expected a floating point tensor (normalised alpha), got {alpha.dtype}")
-        expected = (x.shape[0], 1, x.shape[2], x.shape[3])
-        if alpha.dim() != 4 or tuple(alpha.shape) != expected:
-            raise ValueError(
-                f"alpha: expected shape {list(expected)} (one 1-channel map per image, the image's "
-                f"height and width), got {list(alpha.shape)}")
-        if self.check_alpha and alpha.numel() and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            lo, hi = torch.aminmax(alpha.detach())
-            lo, hi = float(lo), float(hi)
-            if lo < _BACKGROUND_ALPHA - _RANGE_EPS or hi > WHOLE_IMAGE_ALPHA + _RANGE_EPS:
-                raise ValueError(
-                    f"alpha: values must lie in [{_BACKGROUND_ALPHA:.4f}, {WHOLE_IMAGE_ALPHA:.4f}] "
-                    f"(normalised with mean {ALPHA_MEAN}, std {ALPHA_STD}); got [{lo:.4f}, {hi:.4f}]")
-            if lo >= 0.0 and hi <= 1.0:
-                warnings.warn(
-                    "alpha: all values lie in [0, 1]; this looks like a raw mask. Normalise it with "
-                    "alphaclip_core.normalize_alpha (foreground +1.9231, background -1.9231).",
-                    stacklevel=4)
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        _zero_alpha_conv_for_plain(state_dict, prefix, "conv1.weight", "conv1_alpha.weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    # --- alpha handling -------------------------------------------------------------------------
     def embed_alpha(self, x: torch.Tensor, alpha: Optional[torch.Tensor]) -> torch.Tensor:
         """``conv1_alpha`` applied to ``alpha`` (``None`` = whole image): ``[B, width, gh, gw]``."""
         if alpha is None:
             # the same computation as an explicit all-foreground map, so the two agree bit for bit
             alpha = x.new_full((x.shape[0], 1, x.shape[2], x.shape[3]), WHOLE_IMAGE_ALPHA)
         else:
-            self._validate_alpha(x, alpha)
+            check_alpha(x, alpha, self.check_alpha)
         return self.conv1_alpha(alpha.to(dtype=self.conv1_alpha.weight.dtype))
 
     def _embeds(self, x: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -157,19 +201,138 @@ class AlphaVisionTransformer(VisionTransformer):
             self._pending_alpha = previous
 
 
-def add_alpha(model: CLIP) -> "AlphaCLIP":
-    """Turn a plain open_clip :class:`~open_clip.model.CLIP` into an :class:`AlphaCLIP`, in place.
+def _timm_patch_embed(trunk: nn.Module) -> nn.Module:
+    """The trunk's timm patch embedding, if it is a ViT's: ``patch_embed.proj`` a patchifying Conv2d
+    (kernel == stride, 3 input channels). Raises TypeError naming what the trunk is otherwise."""
+    pe = getattr(trunk, "patch_embed", None)
+    proj = getattr(pe, "proj", None)
+    if not isinstance(proj, nn.Conv2d) or proj.in_channels != 3 or tuple(proj.kernel_size) != tuple(proj.stride) \
+            or proj.padding not in ((0, 0), "valid") or proj.groups != 1:
+        what = (f"its patch embedding is {type(pe).__name__} (a conv stem, not a patchifying conv)"
+                if pe is not None else "it has no patch embedding (a CNN)")
+        raise TypeError(
+            f"visual: the timm trunk {type(trunk).__name__} is not a ViT with a patch embedding conv "
+            f"(patch_embed.proj, kernel == stride): {what}. Alpha-CLIP adds its alpha conv beside a ViT's "
+            "patch embedding; ResNet, ConvNeXt and hybrid conv-stem towers are not supported")
+    return pe
 
-    The new ``visual.conv1_alpha`` is zero, so the model's outputs are unchanged for any alpha.
+
+class AlphaTimmModel(TimmModel if TimmModel is not None else nn.Module):  # type: ignore[misc]
+    """open_clip's :class:`~open_clip.timm_model.TimmModel` with a timm ViT trunk that also reads an alpha map.
+
+    Takes the same constructor arguments as ``TimmModel``. The alpha conv lives beside timm's RGB
+    patch embedding conv (``trunk.patch_embed.proj``) as ``trunk.patch_embed.conv1_alpha``
+    (``[width, 1, patch, patch]``, no bias, zero-initialised); a forward hook on ``proj`` adds its
+    output to the RGB patch embedding, so every timm forward (``forward``, ``forward_features``,
+    ``forward_intermediates``, dynamic image size / padding) sees it, before timm's class token,
+    positional embedding (or RoPE) and norms. ``conv1_alpha`` is also reachable as
+    ``visual.conv1_alpha``. A state dict of the plain tower loads with a zero alpha conv.
+
+    Attributes:
+        check_alpha: as in :class:`AlphaVisionTransformer`.
     """
-    if isinstance(model, AlphaCLIP):
-        return model
-    if type(model) is not CLIP:
-        raise TypeError(f"model: expected an open_clip CLIP, got {type(model).__name__}")
-    AlphaVisionTransformer.from_plain(model.visual)
-    model.__class__ = AlphaCLIP
-    model.model_cfg = None
-    return model
+
+    BLOCKS = "trunk.blocks"
+    HEAD = ("trunk.norm", "trunk.fc_norm", "trunk.attn_pool", "trunk.head", "head")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_alpha_conv()
+
+    def _add_alpha_conv(self) -> None:
+        pe = _timm_patch_embed(self.trunk)
+        proj = pe.proj
+        conv1_alpha = nn.Conv2d(1, proj.out_channels, kernel_size=proj.kernel_size, stride=proj.stride, bias=False,
+                                device=proj.weight.device, dtype=proj.weight.dtype)
+        nn.init.zeros_(conv1_alpha.weight)
+        pe.conv1_alpha = conv1_alpha
+        proj.register_forward_hook(self._add_alpha_embedding)
+        self.check_alpha = True
+        self._pending_alpha: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_plain(cls, visual: nn.Module) -> "AlphaTimmModel":
+        """Turn a plain open_clip ``TimmModel`` with a ViT trunk into an alpha tower, in place
+        (weights kept, zero ``conv1_alpha`` added: outputs unchanged)."""
+        if isinstance(visual, cls):
+            return visual
+        if TimmModel is None or type(visual) is not TimmModel:
+            raise TypeError(f"visual: expected open_clip's TimmModel, got {type(visual).__name__}")
+        _timm_patch_embed(visual.trunk)  # refuse before changing anything
+        visual.__class__ = cls
+        visual._add_alpha_conv()
+        return visual
+
+    @property
+    def conv1_alpha(self) -> nn.Conv2d:
+        """The alpha conv (``trunk.patch_embed.conv1_alpha``)."""
+        return self.trunk.patch_embed.conv1_alpha
+
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        _zero_alpha_conv_for_plain(state_dict, prefix, "trunk.patch_embed.proj.weight",
+                                   "trunk.patch_embed.conv1_alpha.weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _add_alpha_embedding(self, proj: nn.Module, inputs: Tuple[torch.Tensor, ...], output: torch.Tensor
+                             ) -> torch.Tensor:
+        """Forward hook of ``patch_embed.proj``: RGB patch embedding + ``conv1_alpha(alpha)``."""
+        x = inputs[0]
+        alpha = self._pending_alpha
+        if alpha is None:
+            alpha = torch.full((x.shape[0], 1, x.shape[2], x.shape[3]), WHOLE_IMAGE_ALPHA, dtype=x.dtype,
+                               device=x.device)
+        elif alpha.shape[-2:] != x.shape[-2:]:
+            # timm padded the image to a multiple of the patch (dynamic_img_pad): the padding is background
+            pad_h, pad_w = x.shape[-2] - alpha.shape[-2], x.shape[-1] - alpha.shape[-1]
+            alpha = F.pad(alpha, (0, pad_w, 0, pad_h), value=_BACKGROUND_ALPHA)
+        weight = self.trunk.patch_embed.conv1_alpha.weight
+        return output + self.trunk.patch_embed.conv1_alpha(alpha.to(dtype=weight.dtype)).to(output.dtype)
+
+    def _with_alpha(self, x: torch.Tensor, alpha: Optional[torch.Tensor], run):
+        previous = self._pending_alpha
+        if alpha is not None:
+            self._pending_alpha = alpha
+        if self._pending_alpha is not None:  # given here or by the whole model's forward_intermediates
+            check_alpha(x, self._pending_alpha, self.check_alpha)
+        try:
+            return run(x.to(dtype=self.trunk.patch_embed.proj.weight.dtype))
+        finally:
+            self._pending_alpha = previous
+
+    def forward(self, x: torch.Tensor, alpha: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Encode images: ``x [B, 3, H, W]`` normalised images (cast to the tower's dtype), ``alpha``
+        ``[B, 1, H, W]`` normalised alpha in ``[-1.9231, 1.9231]`` or ``None`` (whole image) ->
+        ``[B, embed_dim]`` features, like open_clip's ``TimmModel``."""
+        return self._with_alpha(x, alpha, super().forward)
+
+    def forward_intermediates(self, x: torch.Tensor, alpha: Optional[torch.Tensor] = None, **kwargs: Any
+                              ) -> Dict[str, Any]:
+        """open_clip's ``TimmModel.forward_intermediates`` (same keyword arguments) with an alpha map."""
+        return self._with_alpha(x, alpha, lambda image: super(AlphaTimmModel, self).forward_intermediates(
+            image, **kwargs))
+
+
+def alpha_tower(visual: nn.Module) -> nn.Module:
+    """Give an open_clip vision tower its alpha conv, in place (zero: outputs unchanged).
+
+    ``VisionTransformer`` -> :class:`AlphaVisionTransformer`; ``TimmModel`` with a ViT trunk ->
+    :class:`AlphaTimmModel`; an alpha tower is returned as is.
+
+    Raises:
+        TypeError: a ResNet (``ModifiedResNet``), a timm CNN / conv-stem trunk (ConvNeXt, FastViT,
+            ViTamin, ...) or anything else, naming what it is.
+    """
+    if isinstance(visual, (AlphaVisionTransformer, AlphaTimmModel)):
+        return visual
+    if type(visual) is VisionTransformer:
+        return AlphaVisionTransformer.from_plain(visual)
+    if TimmModel is not None and type(visual) is TimmModel:
+        return AlphaTimmModel.from_plain(visual)
+    if type(visual).__name__ == "ModifiedResNet":
+        raise TypeError("visual: a ResNet tower (open_clip ModifiedResNet); Alpha-CLIP is supported for ViT towers "
+                        "only (the reference's ResNet stem variant was never released)")
+    raise TypeError(f"visual: expected an open_clip VisionTransformer or a TimmModel with a ViT trunk, got "
+                    f"{type(visual).__name__}")
 
 
 def _jsonable(cfg: Any) -> Any:
@@ -178,26 +341,31 @@ def _jsonable(cfg: Any) -> Any:
     return cfg
 
 
-class AlphaCLIP(CLIP):
-    """open_clip's :class:`~open_clip.model.CLIP` whose vision tower is an :class:`AlphaVisionTransformer`.
+class AlphaModel:
+    """What every open_clip Alpha-CLIP is (:class:`AlphaCLIP`, :class:`AlphaCustomTextCLIP`): the open_clip
+    model's interface plus an ``alpha`` argument for the image tower.
 
-    Constructed from the same config as ``CLIP`` (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...).
-    The text tower is the plain CLIP text tower. ``alpha_clip`` is the marker key that open_clip
-    model configs carry so that open_clip's factory builds this class (see
-    ``alphaclip_integrations.open_clip``); its value is ignored.
+    Protocol: ``encode_image(image [B,3,H,W], alpha [B,1,H,W] | None, normalize)`` and
+    ``encode_text(tokens)``; ``forward(image, text, alpha)`` returns open_clip's outputs (with
+    ``logit_bias`` for SigLIP-style models). ``model_cfg`` is the open_clip config the model was
+    built from (JSON-able, used when saving) or None.
     """
 
-    def __init__(self, embed_dim: int, vision_cfg: Any, text_cfg: Any, alpha_clip: Any = True,
-                 **kwargs: Any) -> None:
-        super().__init__(embed_dim, vision_cfg, text_cfg, **kwargs)
-        AlphaVisionTransformer.from_plain(self.visual)
-        cfg = {"embed_dim": embed_dim, "vision_cfg": _jsonable(vision_cfg), "text_cfg": _jsonable(text_cfg)}
+    model_cfg: Optional[Dict[str, Any]]
+
+    def _remember_cfg(self, embed_dim: int, vision_cfg: Any, text_cfg: Any, kwargs: Dict[str, Any],
+                      custom_text: bool) -> None:
+        alpha_tower(self.visual)
+        cfg: Dict[str, Any] = {"embed_dim": embed_dim, "vision_cfg": _jsonable(vision_cfg),
+                               "text_cfg": _jsonable(text_cfg)}
         for key in ("quick_gelu", "init_logit_scale", "init_logit_bias", "nonscalar_logit_scale"):
             if key in kwargs and kwargs[key] is not None:
                 cfg[key] = float(kwargs[key]) if key.startswith("init_") else kwargs[key]
+        if custom_text:
+            cfg["custom_text"] = True
         cfg["alpha_clip"] = True
         #: the open_clip model config this model was built from (JSON-able), used when saving.
-        self.model_cfg: Optional[Dict[str, Any]] = cfg
+        self.model_cfg = cfg
 
     def encode_image(self, image: torch.Tensor, alpha: Optional[torch.Tensor] = None,
                      normalize: bool = False) -> torch.Tensor:
@@ -207,7 +375,7 @@ class AlphaCLIP(CLIP):
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
                 alpha: Optional[torch.Tensor] = None):
-        """Like open_clip's ``CLIP.forward``, plus ``alpha`` (``[B, 1, H, W]``, None = whole image)."""
+        """Like open_clip's ``forward``, plus ``alpha`` (``[B, 1, H, W]``, None = whole image)."""
         if alpha is not None and image is None:
             raise ValueError("alpha: given without an image")
         image_features = self.encode_image(image, alpha, normalize=True) if image is not None else None
@@ -224,9 +392,59 @@ class AlphaCLIP(CLIP):
 
     def forward_intermediates(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,
                               alpha: Optional[torch.Tensor] = None, **kwargs: Any) -> Dict[str, Any]:
-        """open_clip's ``CLIP.forward_intermediates`` with an alpha map for the image tower."""
+        """open_clip's ``forward_intermediates`` with an alpha map for the image tower."""
         self.visual._pending_alpha = alpha
         try:
             return super().forward_intermediates(image, text, **kwargs)
         finally:
             self.visual._pending_alpha = None
+
+
+class AlphaCLIP(AlphaModel, CLIP):
+    """open_clip's :class:`~open_clip.model.CLIP` whose vision tower reads an alpha map
+    (:class:`AlphaVisionTransformer`, or :class:`AlphaTimmModel` for a timm ViT tower).
+
+    Constructed from the same config as ``CLIP`` (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...).
+    The text tower is the plain CLIP text tower. ``alpha_clip`` is the marker key that open_clip
+    model configs carry so that open_clip's factory builds this class (see
+    ``alphaclip_integrations.open_clip``); its value is ignored.
+    """
+
+    def __init__(self, embed_dim: int, vision_cfg: Any, text_cfg: Any, alpha_clip: Any = True,
+                 **kwargs: Any) -> None:
+        super().__init__(embed_dim, vision_cfg, text_cfg, **kwargs)
+        self._remember_cfg(embed_dim, vision_cfg, text_cfg, kwargs, custom_text=False)
+
+
+class AlphaCustomTextCLIP(AlphaModel, CustomTextCLIP):
+    """open_clip's :class:`~open_clip.model.CustomTextCLIP` (EVA, SigLIP, MetaCLIP-2, ... configs with
+    ``custom_text``: the text tower under ``text.``) whose vision tower reads an alpha map.
+
+    Constructed from the same config as ``CustomTextCLIP``; ``alpha_clip`` as in :class:`AlphaCLIP`.
+    """
+
+    def __init__(self, embed_dim: int, vision_cfg: Any, text_cfg: Any, alpha_clip: Any = True,
+                 **kwargs: Any) -> None:
+        super().__init__(embed_dim, vision_cfg, text_cfg, **kwargs)
+        self._remember_cfg(embed_dim, vision_cfg, text_cfg, kwargs, custom_text=True)
+
+
+def add_alpha(model: nn.Module) -> AlphaModel:
+    """Turn a plain open_clip ``CLIP`` / ``CustomTextCLIP`` into an :class:`AlphaCLIP` /
+    :class:`AlphaCustomTextCLIP`, in place.
+
+    The new alpha conv is zero, so the model's outputs are unchanged for any alpha.
+
+    Raises:
+        TypeError: ``model`` is not one of those classes (e.g. CoCa), or its vision tower is not a ViT
+            (see :func:`alpha_tower`).
+    """
+    if isinstance(model, AlphaModel):
+        return model
+    classes = {CLIP: AlphaCLIP, CustomTextCLIP: AlphaCustomTextCLIP}
+    if type(model) not in classes:
+        raise TypeError(f"model: expected an open_clip CLIP or CustomTextCLIP, got {type(model).__name__}")
+    alpha_tower(model.visual)
+    model.__class__ = classes[type(model)]
+    model.model_cfg = None
+    return model

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="run folder: checkpoints/, log.jsonl, final/")
     p.add_argument("--model", default=d.model, help="open_clip alpha model name or local-dir:FOLDER")
     p.add_argument("--init", help="starting weights: plain CLIP (alpha conv starts at zero), Alpha-CLIP, "
-                                  "or reference visual-only .pth (with --base)")
+                                  "reference visual-only .pth (with --base), or a pretrained tag of the base "
+                                  "(e.g. webli for alpha-ViT-SO400M-14-SigLIP)")
     p.add_argument("--base", help="base CLIP weights for a reference visual-only --init")
     p.add_argument("--stage", choices=("alpha", "clip"), default=d.stage,
                    help="alpha: the Alpha-CLIP recipe (default); clip: pretrain a plain CLIP on whole images")
@@ -41,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--logit-scale", type=_scale, default=d.logit_scale,
                    help="fixed logit scale (stage alpha; default 100), or 'model' for the starting model's own value")
+    p.add_argument("--loss", choices=("auto", "contrastive", "sigmoid"), default=d.loss,
+                   help="auto (default): SigLIP's sigmoid loss for a base with a logit bias, else CLIP's InfoNCE")
     p.add_argument("--whole-image-ratio", type=float, default=d.whole_image_ratio, help="r_s")
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
@@ -85,7 +88,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data=args.data, output=args.output, model=args.model, init=args.init, base=args.base, stage=args.stage,
         steps=args.steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr, lr_ratio=args.lr_ratio,
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
-        grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale,
+        grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, loss=args.loss,
         whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
         shuffle_buffer=args.shuffle_buffer, seed=args.seed, save_every=args.save_every, log_every=args.log_every,

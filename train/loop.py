@@ -8,6 +8,13 @@ samples. ``stage="clip"`` pretrains a plain CLIP with the same machinery (both t
 logit scale learned, ``conv1_alpha`` kept at zero, whole-image samples only): that is how the toy
 model of :mod:`alphaclip_train.synthetic` gets its base.
 
+Any open_clip ViT backbone trains the same way (``alpha-ViT-H-14``, ``alpha-EVA02-L-14``,
+``alpha-ViT-SO400M-14-SigLIP``, ...): the same lr groups (``conv1_alpha`` at ``lr``, wherever the tower
+keeps it, the rest of the vision tower at ``lr * lr_ratio``) and r_s. The loss follows the base
+(``loss="auto"``): SigLIP's sigmoid loss for a base with a ``logit_bias`` (SigLIP / SigLIP2), with the
+bias learned (at ``lr``, no weight decay) and the scale held at the base's own value in stage
+``alpha``; CLIP's InfoNCE otherwise.
+
 Checkpoints (``<output>/checkpoints/latest.pt``, written atomically) hold the model, optimizer,
 scheduler, grad scaler, step, every rank's RNG states and the data position; a run started again
 with the same output folder resumes exactly where the last checkpoint left off. The final weights
@@ -33,14 +40,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alphaclip_core.checkpoints import (atomic_write, detect_format, load_alpha_clip, load_state_dict_checked,
-                                        read_state_dict, save_reference, save_safetensors)
-from alphaclip_core.model import AlphaCLIP, add_alpha
+from alphaclip_core.checkpoints import (ALPHA_KEYS, atomic_write, detect_format, load_alpha_clip,
+                                        load_state_dict_checked, read_state_dict, save_reference, save_safetensors)
+from alphaclip_core.model import AlphaCLIP, AlphaModel, AlphaVisionTransformer, add_alpha
 
 from .data import RegionBatches, make_loader
-from .loss import contrastive_loss, gather_rows, gather_sizes
+from .loss import LOSSES, contrastive_loss, gather_rows, gather_sizes, loss_for, sigmoid_loss
 
-__all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "KILL_ENV"]
+__all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "loss_name", "KILL_ENV"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +82,7 @@ class TrainConfig:
     grad_clip: Optional[float] = None
     label_smoothing: float = 0.1
     logit_scale: Optional[float] = 100.0    #: fixed multiplier (stage alpha); None: the model's own, fixed
+    loss: str = "auto"                      #: auto (sigmoid for SigLIP bases, else contrastive), contrastive, sigmoid
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
     freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
@@ -97,6 +105,8 @@ class TrainConfig:
             raise ValueError("data: expected at least one shard, JSONL file or folder")
         if self.stage not in ("alpha", "clip"):
             raise ValueError(f"stage: expected 'alpha' or 'clip', got {self.stage!r}")
+        if self.loss not in ("auto",) + LOSSES:
+            raise ValueError(f"loss: expected 'auto', 'contrastive' or 'sigmoid', got {self.loss!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
         for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
@@ -115,19 +125,25 @@ def build_model(name: str, init: Optional[str] = None, base: Optional[str] = Non
     """An :class:`AlphaCLIP` from an open_clip model name (or ``local-dir:``), with optional weights.
 
     ``init`` may be a plain CLIP (OpenAI ``.pt``, open_clip file: ``conv1_alpha`` starts at zero), an
-    Alpha-CLIP file, or a reference visual-only ``.pth`` (then ``base`` gives the text tower).
+    Alpha-CLIP file, a reference visual-only ``.pth`` (then ``base`` gives the text tower), or a
+    pretrained tag of the base (``webli`` for ``alpha-ViT-SO400M-14-SigLIP``: open_clip downloads the
+    base weights; ``conv1_alpha`` starts at zero).
     """
     import open_clip
 
     import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
 
-    model = open_clip.create_model(name)
-    if not isinstance(model, AlphaCLIP):
+    tag = init if init and not os.path.exists(init) else None
+    if tag and open_clip.factory.get_pretrained_cfg(name, tag):  # a pretrained tag: the base weights, zero alpha
+        model, init = open_clip.create_model(name, pretrained=tag), None
+    else:
+        model = open_clip.create_model(name)
+    if not isinstance(model, AlphaModel):
         model = add_alpha(model)
     if init:
         sd = read_state_dict(init, "init")
         if detect_format(sd) == "clip" and base is None:
-            load_state_dict_checked(model, sd, f"init {init}", allow_missing=("visual.conv1_alpha.weight",))
+            load_state_dict_checked(model, sd, f"init {init}", allow_missing=ALPHA_KEYS + ("logit_bias",))
         else:
             load_alpha_clip(model, init, base)
     return model
@@ -137,24 +153,46 @@ def _is_text_param(name: str) -> bool:
     return not name.startswith("visual.") and name not in ("logit_scale", "logit_bias")
 
 
+def loss_name(model: AlphaCLIP, cfg: TrainConfig) -> str:
+    """The loss of a run: ``cfg.loss``, or for ``auto`` the base's (:func:`~alphaclip_train.loss.loss_for`)."""
+    name = loss_for(model) if cfg.loss == "auto" else cfg.loss
+    if name == "sigmoid" and getattr(model, "logit_bias", None) is None:
+        raise ValueError("loss: 'sigmoid' needs a model with a logit_bias (a SigLIP config, init_logit_bias)")
+    return name
+
+
+def _is_alpha_conv(name: str) -> bool:
+    return name.endswith("conv1_alpha.weight")
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def _trainable(model: AlphaCLIP, cfg: TrainConfig) -> Dict[str, nn.Parameter]:
     """Set ``requires_grad`` for the stage and return the trained parameters by name."""
     out: Dict[str, nn.Parameter] = {}
-    blocks = len(model.visual.transformer.resblocks)
+    visual = model.visual
+    block_prefix = f"visual.{visual.BLOCKS}."  # transformer.resblocks (open_clip ViT) / trunk.blocks (timm)
+    blocks = len(visual.get_submodule(visual.BLOCKS))
+    head = tuple(f"visual.{h}" for h in visual.HEAD)  # ln_post, proj (open_clip ViT) / norm, attn_pool, head (timm)
     n = cfg.unfreeze_last
     if n is not None and n > blocks:
         raise ValueError(f"unfreeze_last: the vision tower has {blocks} blocks, got {n}")
+    sigmoid = loss_name(model, cfg) == "sigmoid"
     for name, p in model.named_parameters():
-        if cfg.stage == "clip":
-            train = name != "visual.conv1_alpha.weight" and name != "logit_bias"
+        if name == "logit_bias":
+            train = sigmoid  # SigLIP's learnable bias (a CLIP config's bias is unused)
+        elif cfg.stage == "clip":
+            train = not _is_alpha_conv(name)
         elif not name.startswith("visual."):
             train = False
-        elif n is None or name == "visual.conv1_alpha.weight":
+        elif n is None or _is_alpha_conv(name):
             train = True
-        elif name.startswith("visual.transformer.resblocks."):
-            train = int(name.split(".")[3]) >= blocks - n
+        elif name.startswith(block_prefix):
+            train = int(name[len(block_prefix):].split(".")[0]) >= blocks - n
         else:
-            train = n > 0 and name.split(".")[1] in ("ln_post", "proj")
+            train = n > 0 and _under(name, head)
         if any(name.startswith(prefix) for prefix in cfg.freeze):
             train = False
         p.requires_grad_(train)
@@ -165,16 +203,20 @@ def _trainable(model: AlphaCLIP, cfg: TrainConfig) -> Dict[str, nn.Parameter]:
 
 def param_groups(model: AlphaCLIP, cfg: TrainConfig) -> List[Dict[str, Any]]:
     """AdamW groups: ``conv1_alpha`` at lr; the rest at lr * lr_ratio (stage clip: lr), no weight
-    decay on 1-D tensors (gains, biases, class embedding, logit scale)."""
+    decay on 1-D tensors (gains, biases, class embedding, logit scale); SigLIP's ``logit_bias`` (sigmoid
+    loss) at lr without weight decay."""
     params = _trainable(model, cfg)
     rest_lr = cfg.lr if cfg.stage == "clip" else cfg.lr * cfg.lr_ratio
     groups: Dict[str, Dict[str, Any]] = {
         "alpha": {"name": "alpha", "params": [], "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+        "logit_bias": {"name": "logit_bias", "params": [], "lr": cfg.lr, "weight_decay": 0.0},
         "decay": {"name": "decay", "params": [], "lr": rest_lr, "weight_decay": cfg.weight_decay},
         "no_decay": {"name": "no_decay", "params": [], "lr": rest_lr, "weight_decay": 0.0},
     }
     for name, p in params.items():
-        key = "alpha" if name == "visual.conv1_alpha.weight" else ("decay" if p.ndim >= 2 else "no_decay")
+        key = "alpha" if _is_alpha_conv(name) else ("decay" if p.ndim >= 2 else "no_decay")
+        if name == "logit_bias":
+            key = "logit_bias"
         groups[key]["params"].append(p)
     return [g for g in groups.values() if g["params"]]
 
@@ -323,8 +365,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             model.set_grad_checkpointing(True)
         train_text = cfg.stage == "clip"
         learn_scale = cfg.stage == "clip"
+        loss = loss_name(model, cfg)
+        text_tower = getattr(model, "text", None) or model.transformer  # CustomTextCLIP / CLIP
         if not train_text:
-            model.transformer.eval()  # frozen text tower (no dropout either way)
+            text_tower.eval()  # frozen text tower (no dropout either way)
 
         start_step, next_batch = 0, 0
         latest = ckpt_dir / "latest.pt"
@@ -362,6 +406,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
 
         fixed_scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.detach().exp())
+        if loss == "sigmoid":  # SigLIP's scale goes with its bias: the base's own (learned in stage clip)
+            fixed_scale = float(model.logit_scale.detach().exp())
         log = _Log(out, start_step, rank == 0, cfg.tensorboard)
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         bar = tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress,
@@ -372,7 +418,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         step = start_step
         ddp.train()
         if not train_text:
-            model.transformer.eval()
+            text_tower.eval()
         while step < cfg.steps:
             micro = [next(loader) for _ in range(cfg.accum)]
             next_batch += cfg.accum
@@ -380,7 +426,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 if b["reasons"]:
                     logger.debug("skipped %d sample(s) in batch %d: %s", b["skipped"], b["index"], b["reasons"])
             loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world,
-                               fixed_scale)
+                               fixed_scale, loss=loss)
             if cfg.grad_clip:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
@@ -409,6 +455,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                        "samples": int(totals[0]), "whole_image": int(totals[1]), "skipped": int(totals[2])}
                 if learn_scale:
                     row["logit_scale"] = float(model.logit_scale.detach().exp())
+                if loss == "sigmoid":
+                    row["logit_bias"] = float(model.logit_bias.detach().reshape(()))
                 log.write(row)
                 bar.set_postfix(loss=f"{last_loss:.4f}", skipped=int(totals[2]))
                 t0, seen = time.perf_counter(), 0
@@ -432,7 +480,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
 
 def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], device: torch.device, autocast,
           scaler: torch.amp.GradScaler, learn_scale: bool, cfg: TrainConfig, rank: int, world: int,
-          fixed_scale: Optional[float] = None) -> torch.Tensor:
+          fixed_scale: Optional[float] = None, loss: str = "contrastive") -> torch.Tensor:
     """Forward/backward of one optimizer step (``len(micro)`` micro-batches); returns the global loss."""
     tensors = [(b["image"].to(device, non_blocking=True), b["alpha"].to(device, non_blocking=True),
                 b["text"].to(device, non_blocking=True)) for b in micro]
@@ -464,10 +512,14 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
                 local_txt[start:start + img.shape[0]] = txt.detach()
             all_img, all_txt = gather_rows(local_img, sizes), gather_rows(local_txt, sizes)
             logit_scale = scale.exp() if learn_scale else (fixed_scale or cfg.logit_scale or 100.0)
-            loss, value = contrastive_loss(img, txt, logit_scale, label_smoothing=cfg.label_smoothing,
-                                           offset=offset + start, replicas=world, accum=len(tensors),
-                                           all_image=all_img, all_text=all_txt)
-            scaler.scale(loss).backward()
+            if loss == "sigmoid":
+                total, value = sigmoid_loss(img, txt, logit_scale, towers.model.logit_bias, offset=offset + start,
+                                            replicas=world, accum=len(tensors), all_image=all_img, all_text=all_txt)
+            else:
+                total, value = contrastive_loss(img, txt, logit_scale, label_smoothing=cfg.label_smoothing,
+                                                offset=offset + start, replicas=world, accum=len(tensors),
+                                                all_image=all_img, all_text=all_txt)
+            scaler.scale(total).backward()
         start += img.shape[0]
     return value
 
@@ -492,9 +544,12 @@ def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int
 
 
 def _save_final(model: AlphaCLIP, folder: Path) -> Dict[str, str]:
-    """Final weights: reference visual-only ``visual.pth`` + an open_clip folder (or a bare safetensors)."""
+    """Final weights: reference visual-only ``visual.pth`` (OpenAI-style ViT towers only: the reference
+    format has no names for a timm tower) + an open_clip folder (or a bare safetensors)."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"reference": str(save_reference(model, folder / "visual.pth"))}
+    files = {}
+    if isinstance(model.visual, AlphaVisionTransformer):
+        files["reference"] = str(save_reference(model, folder / "visual.pth"))
     if getattr(model, "model_cfg", None) is not None:
         import alphaclip_integrations.open_clip as aoc
         aoc.save_pretrained(model, folder)

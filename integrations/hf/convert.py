@@ -26,11 +26,13 @@ Reference-release files (visual only, ``attn.in_proj.weight``) go through
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from open_clip.model import CLIP
@@ -64,29 +66,47 @@ _VISUAL = {"conv1.weight": "embeddings.patch_embedding.weight",
 _TEXT = {"token_embedding.weight": "embeddings.token_embedding.weight",
          "positional_embedding": "embeddings.position_embedding.weight",
          "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias"}
-_BLOCK_RE = re.compile(r"^transformer\.resblocks\.(\d+)\.(.+)$")
 _HF_BLOCK_RE = re.compile(r"^encoder\.layers\.(\d+)\.(.+)$")
 
 
-def _tower_to_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tower: str) -> Dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class Layout:
+    """How an open_clip tower names its transformer blocks: ``blocks.{i}.`` prefix, the fused q/k/v
+    projection (``{}`` = ``weight`` / ``bias``) and the per-block renames to transformers' names."""
+
+    blocks: str
+    fused: str
+    renames: Tuple[Tuple[str, str], ...]
+
+    def block(self, key: str):
+        m = re.match(rf"^{re.escape(self.blocks)}\.(\d+)\.(.+)$", key)
+        return m.groups() if m else None
+
+
+#: open_clip's own Transformer (CLIP's vision and text towers, open_clip's SigLIP text tower)
+OPEN_CLIP_LAYOUT = Layout("transformer.resblocks", "attn.in_proj_{}", tuple(_BLOCK))
+
+
+def _tower_to_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tower: str,
+                 layout: Layout = OPEN_CLIP_LAYOUT) -> Dict[str, torch.Tensor]:
     out: Dict[str, torch.Tensor] = {}
+    fused = {layout.fused.format(kind): kind for kind in ("weight", "bias")}
     for key, value in sd.items():
         if key in names:
             out[names[key]] = value
             continue
-        m = _BLOCK_RE.match(key)
+        m = layout.block(key)
         if not m:
             raise CheckpointError(f"{tower}: no transformers name for open_clip key {key!r}")
-        i, rest = m.groups()
+        i, rest = m
         prefix = f"encoder.layers.{i}."
-        if rest in ("attn.in_proj_weight", "attn.in_proj_bias"):
-            kind = rest.rsplit("_", 1)[1]
+        if rest in fused:
             if value.shape[0] % 3:
                 raise CheckpointError(f"{tower}: {key} has {value.shape[0]} rows, not a fused q/k/v (multiple of 3)")
             for name, part in zip(("q", "k", "v"), value.chunk(3, dim=0)):
-                out[f"{prefix}self_attn.{name}_proj.{kind}"] = part
+                out[f"{prefix}self_attn.{name}_proj.{fused[rest]}"] = part
             continue
-        for old, new in _BLOCK:
+        for old, new in layout.renames:
             if rest.startswith(old):
                 out[prefix + new + rest[len(old):]] = value
                 break
@@ -95,7 +115,8 @@ def _tower_to_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tower
     return out
 
 
-def _tower_from_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tower: str) -> Dict[str, torch.Tensor]:
+def _tower_from_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tower: str,
+                   layout: Layout = OPEN_CLIP_LAYOUT) -> Dict[str, torch.Tensor]:
     inverse = {v: k for k, v in names.items()}
     out: Dict[str, torch.Tensor] = {}
     qkv: Dict[tuple, Dict[str, torch.Tensor]] = {}
@@ -107,12 +128,12 @@ def _tower_from_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tow
         if not m:
             raise CheckpointError(f"{tower}: no open_clip name for transformers key {key!r}")
         i, rest = m.groups()
-        prefix = f"transformer.resblocks.{i}."
+        prefix = f"{layout.blocks}.{i}."
         qm = re.match(r"^self_attn\.([qkv])_proj\.(weight|bias)$", rest)
         if qm:
             qkv.setdefault((prefix, qm.group(2)), {})[qm.group(1)] = value
             continue
-        for old, new in _BLOCK:
+        for old, new in layout.renames:
             if rest.startswith(new):
                 out[prefix + old + rest[len(new):]] = value
                 break
@@ -121,7 +142,7 @@ def _tower_from_hf(sd: Mapping[str, torch.Tensor], names: Mapping[str, str], tow
     for (prefix, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             raise CheckpointError(f"{tower}: {prefix} has {sorted(parts)} projections ({kind}); need q, k and v")
-        out[f"{prefix}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+        out[prefix + layout.fused.format(kind)] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 
@@ -373,9 +394,15 @@ def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str 
 
 def load_open_clip_from_hf(folder: PathLike) -> AlphaCLIP:
     """Read a transformers Alpha-CLIP folder (written by :func:`save_hf` or ``save_pretrained``) back
-    into an open_clip :class:`~alphaclip_core.model.AlphaCLIP` (eval mode, CPU)."""
+    into an open_clip :class:`~alphaclip_core.model.AlphaCLIP` (eval mode, CPU); an Alpha-SigLIP folder
+    (``model_type`` ``alpha_siglip``) into its open_clip model (see
+    :func:`~alphaclip_integrations.hf.convert_siglip.siglip_model_to_open_clip`)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"source: {folder} has no config.json; not a transformers folder")
+    if json.loads((folder / "config.json").read_text()).get("model_type") == "alpha_siglip":
+        from .convert_siglip import siglip_model_to_open_clip
+        from .modeling_alpha_siglip import AlphaSiglipModel
+        return siglip_model_to_open_clip(AlphaSiglipModel.from_pretrained(str(folder)))
     hf = AlphaCLIPModel.from_pretrained(str(folder))
     return model_to_open_clip(hf)

@@ -77,6 +77,29 @@ def _check_alpha(pixel_values: torch.Tensor, alpha_values: torch.Tensor, check_r
                 f"normalised with mean {ALPHA_MEAN}, std {ALPHA_STD}); got [{lo:.4f}, {hi:.4f}]")
 
 
+def _alpha_conv(embed_dim: int, patch_size: int) -> nn.Conv2d:
+    """The zero-initialised alpha patch embedding ``Conv2d(1, embed_dim, patch, stride=patch, bias=False)``."""
+    conv = nn.Conv2d(in_channels=1, out_channels=embed_dim, kernel_size=patch_size, stride=patch_size, bias=False)
+    nn.init.zeros_(conv.weight)
+    return conv
+
+
+def _alpha_patch_embeds(embeddings: nn.Module, pixel_values: torch.Tensor,
+                        alpha_values: Optional[torch.Tensor]) -> torch.Tensor:
+    """``patch_embedding(pixel_values) + patch_embedding_alpha(alpha_values)`` ``[B, hidden, grid, grid]`` of an
+    alpha vision embeddings module (Alpha-CLIP's or Alpha-SigLIP's); ``alpha_values=None`` is the whole image."""
+    batch_size, _, height, width = pixel_values.shape
+    alpha_dtype = embeddings.patch_embedding_alpha.weight.dtype
+    if alpha_values is None:
+        alpha_values = torch.full((batch_size, 1, height, width), WHOLE_IMAGE_ALPHA, dtype=alpha_dtype,
+                                  device=pixel_values.device)
+    else:
+        _check_alpha(pixel_values, alpha_values, embeddings.check_alpha)
+    target_dtype = embeddings.patch_embedding.weight.dtype
+    patch_embeds = embeddings.patch_embedding(pixel_values.to(dtype=target_dtype))
+    return patch_embeds + embeddings.patch_embedding_alpha(alpha_values.to(dtype=alpha_dtype)).to(target_dtype)
+
+
 class AlphaCLIPVisionEmbeddings(CLIPVisionEmbeddings):
     """CLIP's vision embeddings plus ``patch_embedding_alpha`` (``[hidden, 1, patch, patch]``, zero-init).
 
@@ -87,10 +110,7 @@ class AlphaCLIPVisionEmbeddings(CLIPVisionEmbeddings):
 
     def __init__(self, config: AlphaCLIPVisionConfig):
         super().__init__(config)
-        self.patch_embedding_alpha = nn.Conv2d(
-            in_channels=1, out_channels=self.embed_dim, kernel_size=self.patch_size, stride=self.patch_size,
-            bias=False)
-        nn.init.zeros_(self.patch_embedding_alpha.weight)
+        self.patch_embedding_alpha = _alpha_conv(self.embed_dim, self.patch_size)
         self.check_alpha = True
 
     def forward(self, pixel_values: torch.Tensor, alpha_values: Optional[torch.Tensor] = None,
@@ -102,15 +122,7 @@ class AlphaCLIPVisionEmbeddings(CLIPVisionEmbeddings):
             raise ValueError(
                 f"pixel_values: input image size ({height}*{width}) doesn't match model "
                 f"({self.image_size}*{self.image_size}).")
-        alpha_dtype = self.patch_embedding_alpha.weight.dtype
-        if alpha_values is None:
-            alpha_values = torch.full((batch_size, 1, height, width), WHOLE_IMAGE_ALPHA, dtype=alpha_dtype,
-                                      device=pixel_values.device)
-        else:
-            _check_alpha(pixel_values, alpha_values, self.check_alpha)
-        target_dtype = self.patch_embedding.weight.dtype
-        patch_embeds = self.patch_embedding(pixel_values.to(dtype=target_dtype))  # [B, hidden, grid, grid]
-        patch_embeds = patch_embeds + self.patch_embedding_alpha(alpha_values.to(dtype=alpha_dtype)).to(target_dtype)
+        patch_embeds = _alpha_patch_embeds(self, pixel_values, alpha_values)  # [B, hidden, grid, grid]
         patch_embeds = patch_embeds.flatten(2).transpose(1, 2)
 
         class_embeds = self.class_embedding.expand(batch_size, 1, -1)

@@ -9,6 +9,10 @@ plain CLIP, then swap in Alpha-CLIP and fine-tune the LLM); fine-tune the conver
 relying on its region answers. With a plain CLIP as the checkpoint (zero alpha conv) and the LLaVA
 tower's own weights, the result computes exactly what the LLaVA folder computes.
 
+LLaVA variants whose tower is SigLIP (``siglip_vision_model``) get an Alpha-SigLIP tower the same way:
+from an open_clip Alpha-SigLIP checkpoint (``alpha-ViT-SO400M-14-SigLIP-384`` trained with alpha-clip),
+or, with no checkpoint (:func:`alpha_llava_from_llava`), their own tower and a zero alpha conv.
+
 Command line::
 
     python -m alphaclip_integrations.llava convert LLAVA_FOLDER CHECKPOINT [--base BASE] -o OUT [--mode pad]
@@ -20,13 +24,15 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Any, List, Optional, Union
 
 import torch
 from transformers import AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
 
-from alphaclip_core.checkpoints import CheckpointError, vision_arch
-from alphaclip_integrations.hf import AlphaCLIPImageProcessor, AlphaCLIPVisionConfig, vision_model_from_state_dict
+from alphaclip_core.checkpoints import TIMM_PATCH_KEY, CheckpointError, detect_format, read_state_dict, vision_arch
+from alphaclip_integrations.hf import (AlphaCLIPImageProcessor, AlphaCLIPVisionConfig, AlphaCLIPVisionModel,
+                                      AlphaSiglipVisionConfig, AlphaSiglipVisionModel, siglip_vision_model_from_state_dict,
+                                      vision_model_from_state_dict)
 
 from .modeling_alpha_llava import AlphaLlavaConfig, AlphaLlavaForConditionalGeneration
 from .processing_alpha_llava import AlphaLlavaProcessor
@@ -40,46 +46,107 @@ PathLike = Union[str, os.PathLike]
 
 def alpha_llava_config(config: LlavaConfig) -> AlphaLlavaConfig:
     """The :class:`AlphaLlavaConfig` of a LLaVA config: the same fields, the vision config as an
-    ``AlphaCLIPVisionConfig``."""
+    ``AlphaCLIPVisionConfig`` (a CLIP tower) or an ``AlphaSiglipVisionConfig`` (a SigLIP tower)."""
     if not isinstance(config, LlavaConfig):
         raise TypeError(f"config: expected a LlavaConfig, got {type(config).__name__}")
     d = config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "auto_map"):
         d.pop(key, None)
     vision = dict(d["vision_config"])
+    vision_type = vision.get("model_type")
+    if vision_type in _SIGLIP_TYPES:
+        cls = AlphaSiglipVisionConfig
+    elif vision_type in (None, "clip_vision_model", AlphaCLIPVisionConfig.model_type):
+        cls = AlphaCLIPVisionConfig
+    else:
+        raise ValueError(f"config: the LLaVA vision tower is {vision_type!r}; an alpha LLaVA supports CLIP and SigLIP "
+                         "towers")
     vision.pop("model_type", None)
     if vision.get("architectures"):
         vision.pop("architectures")
-    d["vision_config"] = AlphaCLIPVisionConfig(**vision)
+    d["vision_config"] = cls(**vision)
     return AlphaLlavaConfig(**d)
 
 
-def alpha_llava_from_llava(llava: LlavaForConditionalGeneration, checkpoint: PathLike,
+_SIGLIP_TYPES = ("siglip_vision_model", AlphaSiglipVisionConfig.model_type)
+
+
+def _check_fits(checkpoint: PathLike, want: Any, got: dict) -> None:
+    diff = [f"{f}: LLaVA {getattr(want, f)!r} vs checkpoint {v!r}" for f, v in got.items() if getattr(want, f) != v]
+    if diff:
+        raise CheckpointError(f"checkpoint: {checkpoint} does not fit the LLaVA vision tower ({'; '.join(diff)})")
+
+
+def _clip_tower(checkpoint: PathLike, base: Optional[PathLike], want: AlphaCLIPVisionConfig) -> torch.nn.Module:
+    sd = read_visual(checkpoint, base)
+    arch = vision_arch(sd)
+    _check_fits(checkpoint, want, {
+        "hidden_size": arch.width, "patch_size": arch.patch_size, "num_hidden_layers": arch.layers,
+        "image_size": arch.image_size, "intermediate_size": int(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])})
+    # the LLaVA config supplies what the weights do not store: head count, activation, layer-norm eps
+    return vision_model_from_state_dict(sd, want)
+
+
+def _siglip_tower(checkpoint: PathLike, base: Optional[PathLike], want: AlphaSiglipVisionConfig) -> torch.nn.Module:
+    if base is not None:
+        raise ValueError("base: not used for a SigLIP tower (the open_clip checkpoint holds the whole tower)")
+    sd = read_state_dict(checkpoint, "checkpoint")
+    if TIMM_PATCH_KEY not in sd:
+        raise CheckpointError(f"checkpoint: {checkpoint} holds no open_clip SigLIP vision tower (no {TIMM_PATCH_KEY}; "
+                              f"format '{detect_format(sd)}'); expected an Alpha-SigLIP written by alpha-clip's "
+                              "training or alphaclip convert, or a plain open_clip SigLIP")
+    proj, pos, fc1 = sd[TIMM_PATCH_KEY], sd.get("visual.trunk.pos_embed"), sd.get("visual.trunk.blocks.0.mlp.fc1.weight")
+    if pos is None:
+        raise CheckpointError(f"checkpoint: {checkpoint} has no visual.trunk.pos_embed (a SigLIP tower has one)")
+    blocks = {k.split(".")[3] for k in sd if k.startswith("visual.trunk.blocks.")}
+    _check_fits(checkpoint, want, {
+        "hidden_size": int(proj.shape[0]), "patch_size": int(proj.shape[-1]), "num_hidden_layers": len(blocks),
+        "image_size": round(pos.shape[-2] ** 0.5) * int(proj.shape[-1]),
+        "intermediate_size": int(fc1.shape[0]) if fc1 is not None else "no plain MLP (blocks.0.mlp.fc1)"})
+    return siglip_vision_model_from_state_dict(sd, want)
+
+
+def _own_tower(old: torch.nn.Module, want: Any) -> torch.nn.Module:
+    """The alpha version of LLaVA's own tower: its weights and a zero alpha conv."""
+    tower = (AlphaSiglipVisionModel if isinstance(want, AlphaSiglipVisionConfig) else AlphaCLIPVisionModel)(want)
+    sd = {k: v.detach() for k, v in old.state_dict().items()}
+    sd["embeddings.patch_embedding_alpha.weight"] = torch.zeros_like(tower.embeddings.patch_embedding_alpha.weight)
+    tower.load_state_dict(sd, strict=True)
+    return tower.eval()
+
+
+def alpha_llava_from_llava(llava: LlavaForConditionalGeneration, checkpoint: Optional[PathLike] = None,
                            base: Optional[PathLike] = None) -> AlphaLlavaForConditionalGeneration:
-    """An alpha LLaVA sharing ``llava``'s projector, language model and LM head (no copy), with the
-    vision tower of an Alpha-CLIP checkpoint.
+    """An alpha LLaVA sharing ``llava``'s projector, language model and LM head (no copy), with an alpha
+    vision tower of the same architecture as ``llava``'s (CLIP or SigLIP).
 
     Args:
-        llava: a transformers ``LlavaForConditionalGeneration`` (CLIP ViT tower).
-        checkpoint, base: the Alpha-CLIP weights (see :func:`~alphaclip_integrations.llava.weights.read_visual`:
-            a reference ``.pth``, a whole Alpha-CLIP, or a plain CLIP for a zero alpha conv). The head
-            count and activation come from ``llava``'s vision config.
+        llava: a transformers ``LlavaForConditionalGeneration`` with a CLIP ViT tower (LLaVA-1.5) or a SigLIP
+            tower (``siglip_vision_model``, e.g. LLaVA variants built on SigLIP-SO400M).
+        checkpoint: the tower's weights. None: ``llava``'s own tower with a zero alpha conv (the model then
+            computes exactly what ``llava`` computes: the start of fine-tuning). For a CLIP tower: an
+            Alpha-CLIP (see :func:`~alphaclip_integrations.llava.weights.read_visual`: a reference ``.pth``, a
+            whole Alpha-CLIP, or a plain CLIP for a zero alpha conv). For a SigLIP tower: an open_clip
+            Alpha-SigLIP file (``visual.trunk.*``, as training and ``alphaclip convert`` write it); its
+            attention-pooling head is dropped when the LLaVA tower has none.
+        base: CLIP only, see ``read_visual``. The head count, activation and layer-norm eps come from
+            ``llava``'s vision config.
     Returns:
         the model in eval mode; the new tower has the dtype of ``llava``'s tower.
     Raises:
         CheckpointError: the checkpoint's tower has another architecture than ``llava``'s.
     """
     config = alpha_llava_config(llava.config)
-    sd = read_visual(checkpoint, base)
-    arch, want = vision_arch(sd), config.vision_config
-    got = {"hidden_size": arch.width, "patch_size": arch.patch_size, "num_hidden_layers": arch.layers,
-           "image_size": arch.image_size, "intermediate_size": int(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0])}
-    diff = [f"{f}: LLaVA {getattr(want, f)!r} vs checkpoint {v!r}" for f, v in got.items() if getattr(want, f) != v]
-    if diff:
-        raise CheckpointError(f"checkpoint: {checkpoint} does not fit the LLaVA vision tower ({'; '.join(diff)})")
-    # the LLaVA config supplies what the weights do not store: head count, activation, layer-norm eps
-    tower = vision_model_from_state_dict(sd, want)
+    want = config.vision_config
     old = llava.model.vision_tower
+    if checkpoint is None:
+        if base is not None:
+            raise ValueError("base: given without a checkpoint")
+        tower = _own_tower(old, want)
+    elif isinstance(want, AlphaSiglipVisionConfig):
+        tower = _siglip_tower(checkpoint, base, want)
+    else:
+        tower = _clip_tower(checkpoint, base, want)
     tower = tower.to(dtype=next(old.parameters()).dtype, device=next(old.parameters()).device)
     with torch.device("meta"):  # every module is replaced below: build the shell without memory
         model = AlphaLlavaForConditionalGeneration(config)
@@ -124,15 +191,17 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
         logger.warning("%s has no loadable tokenizer (%s); writing the model without a processor", llava_folder, e)
         return output
     vc = model.config.vision_config
+    siglip = isinstance(vc, AlphaSiglipVisionConfig)
     source = _image_processor_config(llava_folder)
-    if mode is None:
-        mode = "pad" if source.get("do_pad") else "crop"
+    if mode is None:  # SigLIP's image processors resize without keeping the aspect ratio
+        mode = "pad" if source.get("do_pad") else ("squash" if siglip else "crop")
     norm = {k: source[k] for k in ("image_mean", "image_std") if isinstance(source.get(k), list) and len(source[k]) == 3}
     image_processor = AlphaCLIPImageProcessor(size=vc.image_size, mode=mode, **norm)
     chat_template = getattr(tokenizer, "chat_template", None)
     processor = AlphaLlavaProcessor(image_processor, tokenizer, patch_size=vc.patch_size,
                                     vision_feature_select_strategy=model.config.vision_feature_select_strategy,
-                                    chat_template=chat_template)
+                                    chat_template=chat_template,
+                                    num_additional_image_tokens=0 if siglip else 1)  # SigLIP: no CLS token
     processor.save_pretrained(output)
     logger.info("wrote %s", output)
     return output

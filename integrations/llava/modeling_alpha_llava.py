@@ -3,7 +3,10 @@
 The only differences to transformers' LLaVA:
 
 - the vision tower is an :class:`~alphaclip_integrations.hf.AlphaCLIPVisionModel` (the config's
-  ``vision_config`` is an ``AlphaCLIPVisionConfig``; LLaVA builds it with ``AutoModel``);
+  ``vision_config`` is an ``AlphaCLIPVisionConfig``; LLaVA builds it with ``AutoModel``), or for
+  SigLIP-based LLaVA variants an :class:`~alphaclip_integrations.hf.AlphaSiglipVisionModel`
+  (``AlphaSiglipVisionConfig``); the image features are the hidden state of the layer the config names
+  (``vision_feature_layer``), with the config's ``vision_feature_select_strategy``, as in LLaVA;
 - ``forward`` (of the model and of the LM head model) and ``get_image_features`` take
   ``alpha_values [N, 1, H, W]``: one normalised alpha map per row of ``pixel_values`` (foreground
   +1.9231, background -1.9231; None = whole image for every image). It reaches the vision tower
@@ -31,14 +34,16 @@ from transformers.models.llava.configuration_llava import LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaForConditionalGeneration, LlavaModel
 
 import alphaclip_integrations.hf  # noqa: F401  (registers alpha_clip_vision_model with AutoConfig / AutoModel)
-from alphaclip_integrations.hf import AlphaCLIPVisionConfig, AlphaCLIPVisionModel
+from alphaclip_integrations.hf import (AlphaCLIPVisionConfig, AlphaCLIPVisionModel, AlphaSiglipVisionConfig,
+                                      AlphaSiglipVisionModel)
 
 __all__ = ["AlphaLlavaConfig", "AlphaLlavaModel", "AlphaLlavaForConditionalGeneration"]
 
 
 class AlphaLlavaConfig(LlavaConfig):
-    """:class:`~transformers.LlavaConfig` whose ``vision_config`` is an ``AlphaCLIPVisionConfig``
-    (``model_type`` ``alpha_llava``). Defaults: LLaVA-1.5's ViT-L/14@336 tower, layer -2, patch tokens."""
+    """:class:`~transformers.LlavaConfig` whose ``vision_config`` is an ``AlphaCLIPVisionConfig`` or an
+    ``AlphaSiglipVisionConfig`` (``model_type`` ``alpha_llava``). Defaults: LLaVA-1.5's ViT-L/14@336 tower,
+    layer -2, patch tokens."""
 
     model_type = "alpha_llava"
     sub_configs_defaults = {
@@ -55,9 +60,10 @@ class AlphaLlavaConfig(LlavaConfig):
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
-        if not isinstance(self.vision_config, AlphaCLIPVisionConfig):
-            raise ValueError(f"vision_config: an alpha LLaVA needs an AlphaCLIPVisionConfig (model_type "
-                             f"'{AlphaCLIPVisionConfig.model_type}'), got {type(self.vision_config).__name__}; "
+        if not isinstance(self.vision_config, (AlphaCLIPVisionConfig, AlphaSiglipVisionConfig)):
+            raise ValueError(f"vision_config: an alpha LLaVA needs an AlphaCLIPVisionConfig or AlphaSiglipVisionConfig "
+                             f"(model_type '{AlphaCLIPVisionConfig.model_type}' / "
+                             f"'{AlphaSiglipVisionConfig.model_type}'), got {type(self.vision_config).__name__}; "
                              "convert a plain LLaVA with alphaclip_integrations.llava.convert")
 
 
@@ -136,7 +142,7 @@ class AlphaLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.post_init()
 
     @property
-    def vision_tower(self) -> AlphaCLIPVisionModel:
+    def vision_tower(self) -> Union[AlphaCLIPVisionModel, AlphaSiglipVisionModel]:
         return self.model.vision_tower
 
     def get_image_features(self, pixel_values: torch.Tensor, alpha_values: Optional[torch.Tensor] = None,
