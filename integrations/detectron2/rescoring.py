@@ -327,9 +327,8 @@ class AlphaCLIPStandardROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg: CN, input_shape: Dict[str, Any]) -> Dict[str, Any]:
-        ret = super().from_config(cfg, input_shape)
-        ret["alpha_clip"] = _rescorer_from_config(cfg)
-        return ret
+        rescorer = _rescorer_from_config(cfg)  # first: its errors name MODEL.ALPHA_CLIP keys
+        return {**super().from_config(cfg, input_shape), "alpha_clip": rescorer}
 
     def forward(self, images: ImageList, features: Dict[str, torch.Tensor], proposals: List[Instances],
                 targets: Optional[List[Instances]] = None):
@@ -378,9 +377,8 @@ def with_alpha_clip(base: Type[torch.nn.Module], name: Optional[str] = None,
 
         @classmethod
         def from_config(cls, cfg: CN, input_shape: Dict[str, Any]) -> Dict[str, Any]:
-            ret = super().from_config(cfg, input_shape)
-            ret["alpha_clip"] = _rescorer_from_config(cfg)
-            return ret
+            rescorer = _rescorer_from_config(cfg)  # first: its errors name MODEL.ALPHA_CLIP keys
+            return {**super().from_config(cfg, input_shape), "alpha_clip": rescorer}
 
         def forward(self, images, features, proposals, targets=None, *args: Any, **kwargs: Any):
             rescore = not self.training and self.alpha_clip is not None
