@@ -21,6 +21,7 @@ pytest.importorskip("detectron2")
 
 import open_clip  # noqa: E402
 from detectron2.config import CfgNode as CN  # noqa: E402
+from detectron2.config import configurable  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import ROI_HEADS_REGISTRY, build_model  # noqa: E402
 from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads  # noqa: E402
@@ -272,3 +273,29 @@ def test_set_vocabulary_needs_rescoring_heads(files):
     plain = build_model(ad2.disable_alphaclip(detic_cfg(files))).eval()
     with pytest.raises(ValueError, match=r"model: its ROI heads \(DeticCascadeROIHeads\) do not rescore"):
         ad2.set_vocabulary(plain, VOCAB)
+
+
+@ROI_HEADS_REGISTRY.register()
+class CfgInKwargsROIHeads(DeticCascadeROIHeads):
+    """Heads whose from_config hands ``cfg`` to ``__init__`` (Detic's ``CustomRes5ROIHeads`` does)."""
+
+    @configurable
+    def __init__(self, **kwargs):
+        self_cfg = kwargs.pop("cfg")
+        super().__init__(**kwargs)
+        self.ws_num_props = self_cfg.MODEL.ROI_HEADS.NUM_CLASSES
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        return {**super().from_config(cfg, input_shape), "cfg": cfg}
+
+
+def test_heads_that_pass_cfg_to_init_are_wrapped(files):
+    cfg = detic_cfg(files, enable=False)
+    cfg.MODEL.ROI_HEADS.NAME = "CfgInKwargsROIHeads"
+    ad2.enable_alphaclip(cfg, arch="alpha-ViT-Tiny-8", checkpoint=str(files / "tiny.safetensors"), base="",
+                         vocabulary=VOCAB)
+    model = build_model(cfg).eval()
+    assert type(model.roi_heads).__name__ == "AlphaCLIPCfgInKwargsROIHeads" and model.roi_heads.ws_num_props == 3
+    assert run(model).has("clip_scores")
+    assert type(build_model(ad2.disable_alphaclip(cfg)).roi_heads) is CfgInKwargsROIHeads

@@ -370,7 +370,9 @@ def with_alpha_clip(base: Type[torch.nn.Module], name: Optional[str] = None,
 
         @configurable
         def __init__(self, *, alpha_clip: Optional[AlphaCLIPRescorer] = None, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
+            # the base's own __init__, not its @configurable wrapper: heads whose from_config passes `cfg`
+            # along (Detic's CustomRes5ROIHeads) would otherwise be re-read from the config, as ours
+            getattr(base.__init__, "__wrapped__", base.__init__)(self, **kwargs)
             self.alpha_clip = alpha_clip
             if alpha_clip is not None:
                 alpha_clip.bind(self)
