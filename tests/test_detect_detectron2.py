@@ -47,15 +47,20 @@ MODEL:
   RPN: {{IN_FEATURES: [res4], PRE_NMS_TOPK_TEST: 50, POST_NMS_TOPK_TEST: 10}}
   ANCHOR_GENERATOR: {{SIZES: [[16, 32]]}}
   ROI_HEADS: {{NAME: {heads}, IN_FEATURES: [res4], NUM_CLASSES: {classes}, SCORE_THRESH_TEST: 0.0}}
-  ROI_BOX_HEAD: {{NAME: FastRCNNConvFCHead, NUM_FC: 1, FC_DIM: 32, POOLER_RESOLUTION: 4,
-                 CLS_AGNOSTIC_BBOX_REG: {agnostic}}}
+  ROI_BOX_HEAD:
+    NAME: FastRCNNConvFCHead
+    NUM_FC: 1
+    FC_DIM: 32
+    POOLER_RESOLUTION: 4
+    CLS_AGNOSTIC_BBOX_REG: {agnostic}
 """
 
 
-def detector_yaml(tmp_path, heads="StandardROIHeads", classes=3):
-    """A tiny detector's own config file (it names its heads and its class count, as a model-zoo file does)."""
-    path = tmp_path / f"detector_{heads}_{classes}.yaml"
-    path.write_text(DETECTOR_YAML.format(heads=heads, classes=classes, agnostic="Cascade" in heads))
+def detector_yaml(folder, heads="StandardROIHeads", classes=3, box_head_extra=""):
+    """A tiny detector's own config file (it names its heads and its class count, as a model-zoo file does);
+    ``box_head_extra``: more ``ROI_BOX_HEAD`` lines (4-space indented)."""
+    path = folder / f"detector_{heads}_{classes}.yaml"
+    path.write_text(DETECTOR_YAML.format(heads=heads, classes=classes, agnostic="Cascade" in heads) + box_head_extra)
     return str(path)
 
 

@@ -33,6 +33,7 @@ import alphaclip_integrations.open_clip  # noqa: E402,F401
 from alphaclip_core.checkpoints import save_safetensors  # noqa: E402
 
 from conftest import randomize_alpha_conv  # noqa: E402
+from test_detect_detectron2 import detector_yaml  # noqa: E402  (the same tiny detector)
 
 DETIC_HEADS = "DeticCascadeROIHeads"
 if DETIC_HEADS in ROI_HEADS_REGISTRY and not getattr(ROI_HEADS_REGISTRY.get(DETIC_HEADS), "stand_in", False):
@@ -110,31 +111,11 @@ def add_detic_keys(cfg: CN) -> None:
     h.NORM_WEIGHT = True
 
 
-DETIC_YAML = """\
-# the parts of Detic's Base-C2_L_R5021k_640b64_4x.yaml + BoxSup-C2_L_CLIP_R5021k_640b64_4x.yaml that
-# matter here, at toy size (Detic's: 1203 LVIS classes, 512-d CLIP ViT-B/32 "a {{}}" embeddings)
-VERSION: 2
-MODEL:
-  DEVICE: cpu
-  BACKBONE: {{NAME: build_resnet_backbone}}
-  RESNETS: {{DEPTH: 18, RES2_OUT_CHANNELS: 64, OUT_FEATURES: [res4]}}
-  RPN: {{IN_FEATURES: [res4], PRE_NMS_TOPK_TEST: 50, POST_NMS_TOPK_TEST: 10}}
-  ANCHOR_GENERATOR: {{SIZES: [[16, 32]]}}
-  ROI_HEADS:
-    NAME: DeticCascadeROIHeads
-    IN_FEATURES: [res4]
-    NUM_CLASSES: 3
-    SCORE_THRESH_TEST: 0.0
-  ROI_BOX_HEAD:
-    NAME: FastRCNNConvFCHead
-    NUM_FC: 1
-    FC_DIM: 32
-    POOLER_RESOLUTION: 4
-    CLS_AGNOSTIC_BBOX_REG: True
-    USE_ZEROSHOT_CLS: True
-    ZEROSHOT_WEIGHT_PATH: '{npy}'
-    ZEROSHOT_WEIGHT_DIM: {dim}
-"""
+def detic_yaml(folder, npy, dim):
+    """The parts of Detic's Base-C2_L_R5021k_640b64_4x.yaml + BoxSup-C2_L_CLIP_R5021k_640b64_4x.yaml that
+    matter here, at toy size (Detic's: 1203 LVIS classes, 512-d CLIP ViT-B/32 "a {}" embeddings)."""
+    zero_shot = f"    USE_ZEROSHOT_CLS: True\n    ZEROSHOT_WEIGHT_PATH: '{npy}'\n    ZEROSHOT_WEIGHT_DIM: {dim}\n"
+    return detector_yaml(folder, DETIC_HEADS, 3, zero_shot)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +128,7 @@ def files(tmp_path_factory):
     save_safetensors(alpha, folder / "tiny.safetensors")
     g = torch.Generator().manual_seed(3)
     np.save(folder / "clip_a+cname.npy", torch.randn(3, D, generator=g).numpy().astype(np.float16))
-    (folder / "detic.yaml").write_text(DETIC_YAML.format(npy=folder / "clip_a+cname.npy", dim=D))
+    detic_yaml(folder, folder / "clip_a+cname.npy", D)
     return folder
 
 
@@ -156,7 +137,7 @@ def detic_cfg(files, *, enable=True, order=("detic", "alphaclip"), **keys):
     add_detic_keys(cfg)
     ad2.add_alphaclip_config(cfg)
     for name in order:
-        cfg.merge_from_file(str(files / "detic.yaml") if name == "detic" else ad2.config_path())
+        cfg.merge_from_file(str(files / f"detector_{DETIC_HEADS}_3.yaml") if name == "detic" else ad2.config_path())
     if enable:
         ad2.enable_alphaclip(cfg, **{"arch": "alpha-ViT-Tiny-8", "checkpoint": str(files / "tiny.safetensors"),
                                      "base": "", "vocabulary": VOCAB, "prompts": ["a photo of a {}."],
