@@ -17,7 +17,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 
 from alphaclip_core.region_classifier import DETECTION_TEMPLATES, read_vocabulary
 
-from .rescoring import PREFIX, rescoring_heads_name
+from .rescoring import is_rescoring_heads, rescoring_heads_name
 
 __all__ = ["add_alphaclip_config", "enable_alphaclip", "disable_alphaclip", "check_alphaclip_config", "config_path",
            "config_vocabulary"]
@@ -109,10 +109,6 @@ def config_vocabulary(cfg: CN) -> Optional[list]:
     return None
 
 
-def _base_of(name: str) -> Optional[str]:
-    return getattr(ROI_HEADS_REGISTRY.get(name), "alphaclip_base", None) if name in ROI_HEADS_REGISTRY else None
-
-
 def enable_alphaclip(cfg: CN, **keys: Any) -> CN:
     """Turn Alpha-CLIP rescoring on for the detector ``cfg`` describes; call it LAST, once the detector's
     config (and, in either order, ``alphaclip_rescore.yaml``) are merged. Returns ``cfg``.
@@ -164,12 +160,8 @@ def enable_alphaclip(cfg: CN, **keys: Any) -> CN:
 
 def disable_alphaclip(cfg: CN) -> CN:
     """Undo :func:`enable_alphaclip`: ``MODEL.ROI_HEADS.NAME`` back to the detector's own heads."""
-    heads = cfg.MODEL.ROI_HEADS
-    if heads.NAME.startswith(PREFIX):
-        base = _base_of(heads.NAME)
-        if base is None:
-            raise ValueError(f"MODEL.ROI_HEADS.NAME: cannot tell which heads {heads.NAME!r} wraps")
-        heads.NAME = base
+    if is_rescoring_heads(cfg.MODEL.ROI_HEADS.NAME):
+        cfg.MODEL.ROI_HEADS.NAME = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME).alphaclip_base
     return cfg
 
 

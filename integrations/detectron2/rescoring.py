@@ -233,14 +233,18 @@ class AlphaCLIPRescorer:
         if next(self.model.parameters()).device != images.tensor.device:
             self.model.to(images.tensor.device)
 
+    def _classifier(self) -> AlphaCLIPRegionClassifier:
+        if self.classifier is None:
+            raise RuntimeError("Alpha-CLIP rescoring has no vocabulary yet (see set_vocabulary)")
+        return self.classifier
+
     def clip_probs(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """``[R, C]`` Alpha-CLIP probabilities for xyxy boxes ``[R, 4]`` of one ``[3, h, w]`` RGB image
         (boxes thinner than a pixel are snapped by the classifier)."""
-        if self.classifier is None:
-            raise RuntimeError("Alpha-CLIP rescoring has no vocabulary (see set_vocabulary)")
+        clf = self._classifier()
         if boxes.shape[0] == 0:
-            return torch.zeros(0, self.classifier.num_classes)
-        return self.classifier(image, boxes=boxes.detach().float().cpu()).probs
+            return torch.zeros(0, clf.num_classes)
+        return clf(image, boxes=boxes.detach().float().cpu()).probs
 
     @torch.no_grad()
     def rescore_probs(self, images: ImageList, boxes: Sequence[torch.Tensor], probs: Sequence[torch.Tensor]
@@ -255,10 +259,11 @@ class AlphaCLIPRescorer:
             per image ``[R, C + 1]``: foreground columns replaced by the geometric ensemble (for the
             top ``max_regions`` proposals), background column unchanged.
         """
+        clf = self._classifier()
         self._device(images)
         out = []
         for image, b, p in zip(self.images_rgb(images), boxes, probs):
-            c = self.classifier.num_classes
+            c = clf.num_classes
             if p.shape[1] != c + 1:
                 raise ValueError(f"probs: expected [R, {c + 1}] (C classes + background), got {list(p.shape)}")
             p = p.clone()
@@ -267,7 +272,7 @@ class AlphaCLIPRescorer:
                 idx = p[:, :c].max(dim=1).values.topk(self.max_regions).indices
             if len(idx):
                 clip = self.clip_probs(image, b[idx])
-                p[idx, :c] = self.classifier.ensemble(p[idx, :c], clip).to(p)
+                p[idx, :c] = clf.ensemble(p[idx, :c], clip).to(p)
             out.append(p)
         return out
 
@@ -278,17 +283,18 @@ class AlphaCLIPRescorer:
         Adds the fields ``det_scores`` (the detector's) and ``clip_scores`` (Alpha-CLIP's probability of
         the predicted class). Instances must be in the input frame (before ``detector_postprocess``).
         """
+        clf = self._classifier()
         self._device(images)
         for image, inst in zip(self.images_rgb(images), instances):
             clip = self.clip_probs(image, inst.pred_boxes.tensor)
             classes = inst.pred_classes.cpu()
             clip_cls = clip[torch.arange(len(classes)), classes] if len(classes) else torch.zeros(0)
             det = inst.scores
-            one_hot = torch.zeros(len(classes), self.classifier.num_classes)
+            one_hot = torch.zeros(len(classes), clf.num_classes)
             if len(classes):
                 one_hot[torch.arange(len(classes)), classes] = 1.0
             # the ensemble over the C columns, read at the predicted class (per-class weights honoured)
-            mixed = self.classifier.ensemble(one_hot * det.detach().float().cpu()[:, None],
+            mixed = clf.ensemble(one_hot * det.detach().float().cpu()[:, None],
                                              one_hot * clip_cls[:, None])
             inst.det_scores = det
             inst.clip_scores = clip_cls.to(det)
