@@ -46,6 +46,11 @@ def test_detic_block(tmp_path, monkeypatch, capsys):
     spec = importlib.util.find_spec("detic")
     if spec is None or importlib.util.find_spec("detectron2") is None:
         pytest.skip("needs detectron2 and Detic's checkout on sys.path (not installable from a registry)")
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    if getattr(ROI_HEADS_REGISTRY.get("DeticCascadeROIHeads") if "DeticCascadeROIHeads" in ROI_HEADS_REGISTRY
+               else None, "stand_in", False):
+        pytest.skip("test_detect_detic.py's stand-in holds Detic's heads name in this process; run this file alone")
     root = Path(spec.origin).parents[1]  # Detic's checkout: configs/, datasets/metadata/, third_party/
     (block,) = doc_blocks(PAGE, "Rescore Detic")
     block = block.replace('"tiny_alphaclip.safetensors"', repr(str(tiny_alphaclip(tmp_path))))

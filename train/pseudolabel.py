@@ -46,7 +46,7 @@ from tqdm import tqdm
 from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, rle_encode
 from alphaclip_core.checkpoints import atomic_write
 from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou, category_name,
-                                              geometric_ensemble)
+                                              embedding_dim, geometric_ensemble, load_text_classifier)
 
 __all__ = ["PseudoLabelConfig", "Candidate", "partition", "shard_ranges", "load_dataset", "load_candidates",
            "candidates_from_sam", "select_regions", "PseudoLabeler", "run", "merge_shards", "main"]
@@ -528,7 +528,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     text_features = None
     if args.text_features:
-        text_features = torch.from_numpy(np.load(args.text_features, allow_pickle=False)).float()
+        text_features = load_text_classifier(args.text_features, dim=embedding_dim(model), model_name=args.model,
+                                             arg="--text-features")
     config = PseudoLabelConfig(
         score=args.score, score_threshold=args.score_threshold, max_per_label=args.max_per_label,
         max_per_image=args.max_per_image, nms_iou=args.nms_iou, proposal_weight=args.proposal_weight,
