@@ -251,7 +251,7 @@ def load_text_classifier(path: Union[str, os.PathLike], vocabulary: Optional[Seq
         model_name: the model in use; an error if the sidecar records another one.
         arg: the argument / config key named in errors.
     Returns:
-        ``[C, D]`` float32 rows, L2-normalised.
+        ``[C, D]`` float32 rows as stored (the classifier normalises them).
 
     Without a sidecar the rows cannot be traced to a model: a warning says so (Detic's own
     ``*_clip_a+cname.npy`` files, for one, are CLIP ViT-B/32 "a {}" embeddings, not Alpha-CLIP's).
@@ -289,7 +289,7 @@ def load_text_classifier(path: Union[str, os.PathLike], vocabulary: Optional[Seq
         logger.warning("%s: %s has no sidecar %s, so its rows cannot be checked against the vocabulary or the "
                        "model (Detic's *_clip_a+cname.npy files are CLIP ViT-B/32 embeddings: they do not fit "
                        "Alpha-CLIP)", arg, path, side.name)
-    return F.normalize(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)), dim=-1)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 @dataclass
