@@ -165,7 +165,7 @@ def test_classifier_rejects_bad_input(model):
         AlphaCLIPRegionClassifier(model, None, [], text_features=text)
     with pytest.raises(ValueError, match=r"expansion: expected None \(whole image\) or a ratio >= 1"):
         AlphaCLIPRegionClassifier(model, None, ["a", "b"], text_features=text, expansion=0.8)
-    with pytest.raises(ValueError, match=r"text_features: expected \[C=3, D\]"):
+    with pytest.raises(ValueError, match=r"text_features: expected \[C=3, D=32\]"):
         AlphaCLIPRegionClassifier(model, None, ["a", "b", "c"], text_features=text)
     with pytest.raises(ValueError, match="tokenizer: needed to embed the vocabulary"):
         AlphaCLIPRegionClassifier(model, None, ["a", "b"])
@@ -203,7 +203,7 @@ def test_regions_are_scored_in_chunks_with_the_same_result(model):
                                         batch_size=2)
         torch.testing.assert_close(two(image, boxes=BOXES).cosine, one(image, boxes=BOXES).cosine, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"box 0 .* is degenerate.*\(box indices counted from region 2\)"):
-        two(image, boxes=BOXES[:2] + [[9, 9, 9, 12]])
+        two(image, boxes=BOXES[:2] + [[9, 9, 8, 12]])  # inverted (zero-area boxes are snapped)
 
 
 def test_snap_boxes_by_hand():

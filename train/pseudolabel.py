@@ -9,7 +9,7 @@ Input
     ``dataset``: an LVIS/COCO-format JSON with ``images`` (``id``, ``file_name``, ``width``,
     ``height`` and the image labels in ``pos_category_ids``, Detic's ImageNet-LVIS field; images
     without it take the category ids of their ``annotations``) and ``categories`` (``id``,
-    ``name``; LVIS ``synonyms[0]`` is used when present, underscores become spaces).
+    ``name``, underscores as spaces, as Detic names LVIS classes: ``category_name``).
     ``candidates``: COCO *results* format, a list (or ``{"annotations": [...]}``) of
     ``{"image_id", "bbox": [x, y, w, h], "score"?: float, "segmentation"?: RLE or polygons}``, e.g.
     a detector's proposals or SAM's automatic masks (see :func:`candidates_from_sam`).
@@ -45,8 +45,8 @@ from tqdm import tqdm
 
 from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, rle_encode
 from alphaclip_core.checkpoints import atomic_write
-from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou,
-                                              geometric_ensemble)
+from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou, category_name,
+                                              embedding_dim, geometric_ensemble, load_text_classifier)
 
 __all__ = ["PseudoLabelConfig", "Candidate", "partition", "shard_ranges", "load_dataset", "load_candidates",
            "candidates_from_sam", "select_regions", "PseudoLabeler", "run", "merge_shards", "main"]
@@ -179,12 +179,6 @@ def _read_json(path: PathLike, arg: str) -> Any:
         raise ValueError(f"{arg}: {path} is not valid JSON: {e}") from None
 
 
-def _class_name(cat: Dict[str, Any]) -> str:
-    syn = cat.get("synonyms")
-    name = syn[0] if isinstance(syn, list) and syn else cat["name"]
-    return str(name).replace("_", " ")
-
-
 def load_dataset(path: PathLike) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]], Dict[int, List[int]]]:
     """Read an image-labelled LVIS/COCO JSON: ``(images sorted by id, categories, image id -> label ids)``."""
     data = _read_json(path, "dataset")
@@ -276,7 +270,7 @@ class PseudoLabeler:
 
     Args:
         model, tokenizer: an Alpha-CLIP and its tokenizer (``tokenizer`` may be None with ``text_features``).
-        categories: COCO/LVIS category dicts (``id``, ``name``/``synonyms``), the vocabulary.
+        categories: COCO/LVIS category dicts (``id``, ``name``), the vocabulary.
         config: :class:`PseudoLabelConfig`.
         text_features: ``[C, D]`` precomputed class embeddings in category order (e.g. a Detic-style
             ``.npy`` dump), instead of running the text tower.
@@ -288,7 +282,7 @@ class PseudoLabeler:
         self.categories = list(categories)
         self.column = {c["id"]: i for i, c in enumerate(self.categories)}
         self.classifier = AlphaCLIPRegionClassifier(
-            model, tokenizer, [_class_name(c) for c in self.categories], templates=self.config.templates,
+            model, tokenizer, [category_name(c) for c in self.categories], templates=self.config.templates,
             mode=self.config.mode, batch_size=self.config.batch_size, text_features=text_features)
 
     def label_image(self, image: Any, label_ids: Sequence[int], candidates: Sequence[Candidate]
@@ -400,7 +394,7 @@ def _save_overlay(path: Path, image: Image.Image, anns: Sequence[Dict[str, Any]]
     """The kept regions drawn over the image (mask if written, else box), captioned 'class score'."""
     from alphaclip_core.viz import overlay_regions
 
-    names = {c["id"]: _class_name(c) for c in categories}
+    names = {c["id"]: category_name(c) for c in categories}
     masks = []
     for a in anns:
         if a.get("segmentation") is not None:
@@ -534,7 +528,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     text_features = None
     if args.text_features:
-        text_features = torch.from_numpy(np.load(args.text_features, allow_pickle=False)).float()
+        text_features = load_text_classifier(args.text_features, dim=embedding_dim(model), model_name=args.model,
+                                             arg="--text-features")
     config = PseudoLabelConfig(
         score=args.score, score_threshold=args.score_threshold, max_per_label=args.max_per_label,
         max_per_image=args.max_per_image, nms_iou=args.nms_iou, proposal_weight=args.proposal_weight,
