@@ -31,15 +31,13 @@ from PIL import Image
 
 from alphaclip_core.viz import PALETTE
 
-from .engine import RegionEngine, RegionSpec, Regions, display_scale, editor_image, format_box, parse_labels, \
-    parse_regions, parse_templates
+from .engine import CLICK_MODES, RegionEngine, Regions, add_click, display_scale, editor_image, parse_labels, \
+    parse_templates
 
 __all__ = ["PanelContext", "build_app", "launch", "scene_examples", "temp_folder", "CLICK_MODES"]
 
 logger = logging.getLogger("alphaclip.app")
 
-#: what a click on the preview does
-CLICK_MODES = ("box corner", "SAM: new region", "SAM: + point", "SAM: - point")
 GEOMETRIES = ("pad", "crop", "squash")
 CLASSIFY_HEADERS = ["region", "rank", "label", "probability"]
 COMPARE_HEADERS = ["region", "method", "top label", "probability", "p(Alpha-CLIP's label)"]
@@ -137,26 +135,11 @@ def build_app(engine: RegionEngine, *, examples: Optional[List[list]] = None, pa
     @page_errors
     def click(editor_value, region_text, pending, mode, evt: gr.SelectData):
         image = editor_image(editor_value)
-        s = display_scale(image)
+        s = display_scale(image)  # the preview shows the picture enlarged s times
         x = min(max(float(evt.index[0]) / s, 0.0), image.width - 1.0)
         y = min(max(float(evt.index[1]) / s, 0.0), image.height - 1.0)
-        x, y = round(x), round(y)
-        lines = [line for line in (region_text or "").splitlines() if line.strip()]
-        if mode == CLICK_MODES[0]:
-            if pending is None:
-                return region_text, [x, y], engine.preview(editor_value, region_text or "", (x, y))
-            (x0, x1), (y0, y1) = sorted((pending[0], x)), sorted((pending[1], y))
-            lines.append(RegionSpec("box", box=[x0, y0, x1 + 1, y1 + 1]).text())
-        elif mode == CLICK_MODES[1]:
-            lines.append(RegionSpec("sam", points=[(x, y, 1)]).text())
-        else:
-            specs = parse_regions("\n".join(lines))
-            if not specs or specs[-1].kind != "sam":
-                raise ValueError("SAM points: start a SAM region first ('SAM: new region'), then add + / - points to it")
-            specs[-1].points.append((x, y, 1 if mode == CLICK_MODES[2] else 0))
-            lines[-1] = specs[-1].text()
-        text = "\n".join(lines)
-        return text, None, engine.preview(editor_value, text, None)
+        text, pending = add_click(region_text, pending, x, y, mode or CLICK_MODES[0])
+        return text, pending, engine.preview(editor_value, text, pending)
 
     def undo(region_text):
         lines = [line for line in (region_text or "").splitlines() if line.strip()]
@@ -192,6 +175,10 @@ def build_app(engine: RegionEngine, *, examples: Optional[List[list]] = None, pa
                     + (", or click points for SAM" if has_sam else "")
                     + ". 3. Classify, search (\"where is ...\")" + (" or ask LLaVA" if has_llava else "") + ".")
         pending = gr.State(None)
+        label_box = gr.Textbox(label="Labels (one per line, or comma-separated)", value=labels, lines=3, max_lines=8,
+                               elem_id="labels", scale=2, render=False)
+        template_box = gr.Textbox(label="Prompt templates (one per line; {} is the label)",
+                                  value="\n".join(engine.templates), lines=2, elem_id="templates", render=False)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1):
                 editor = gr.ImageEditor(
@@ -210,14 +197,19 @@ def build_app(engine: RegionEngine, *, examples: Optional[List[list]] = None, pa
                 with gr.Row():
                     undo_btn = gr.Button("Undo last region", size="sm")
                     clear_btn = gr.Button("Clear regions", size="sm")
+        if examples:  # the editor fires no change event when an example fills it: show the preview from here
+            gr.Examples(examples=examples, inputs=[editor, label_box, template_box, region_text], outputs=shown,
+                        fn=lambda ed, _labels, _templates, regions: preview(ed, regions), run_on_click=True,
+                        cache_examples=False, label="Bundled scenes (the toy model's synthetic world)",
+                        example_labels=[f"scene {i + 1}" + (" (the demo scene)" if i == 0 else "")
+                                        for i in range(len(examples))],
+                        elem_id="examples")
         with gr.Tabs():
             with gr.Tab("Classify regions", id="classify"):
                 with gr.Row():
-                    label_box = gr.Textbox(label="Labels (one per line, or comma-separated)", value=labels, lines=4,
-                                           elem_id="labels", scale=2)
+                    label_box.render()
                     with gr.Column(scale=1):
-                        template_box = gr.Textbox(label="Prompt templates (one per line; {} is the label)",
-                                                  value="\n".join(engine.templates), lines=2, elem_id="templates")
+                        template_box.render()
                         top_k = gr.Slider(1, 10, value=3, step=1, label="labels shown per region")
                         geometry = gr.Radio(list(GEOMETRIES), value="pad", label="geometry (image + alpha together)")
                         baselines = gr.Checkbox(value=True, label="compare with plain CLIP views")
@@ -248,10 +240,6 @@ def build_app(engine: RegionEngine, *, examples: Optional[List[list]] = None, pa
             ctx = PanelContext(engine, editor, region_text, regions_of)
             for panel in panels:
                 panel(ctx)
-        if examples:
-            gr.Examples(examples=examples, inputs=[editor, label_box, template_box, region_text],
-                        label="Bundled scenes (the toy model's synthetic world)", elem_id="examples")
-
         quiet = dict(show_progress="hidden", queue=False)
         editor.change(preview, [editor, region_text], shown, trigger_mode="always_last", api_name=False, **quiet)
         region_text.change(preview, [editor, region_text], shown, trigger_mode="always_last", api_name="preview",

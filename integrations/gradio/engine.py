@@ -31,7 +31,7 @@ from alphaclip_core.viz import PALETTE, overlay_regions
 from alphaclip_train.eval.baselines import baseline_view
 from alphaclip_train.eval.locate import LocateResult, locate, render
 
-__all__ = ["BASELINES", "MAX_SIDE", "MIN_SIDE", "RegionSpec", "Regions", "ClassifyResult", "WhereResult",
+__all__ = ["CLICK_MODES", "add_click", "BASELINES", "MAX_SIDE", "MIN_SIDE", "RegionSpec", "Regions", "ClassifyResult", "WhereResult",
            "RegionEngine", "parse_labels", "parse_templates", "parse_regions", "format_box", "layer_masks",
            "editor_image", "grid_boxes", "display_scale"]
 
@@ -125,6 +125,38 @@ def parse_regions(text: str) -> List[RegionSpec]:
         else:
             raise ValueError(f"regions, line {n}: expected 'box x0,y0,x1,y1' or 'sam x,y ...', got {raw.strip()!r}")
     return specs
+
+
+#: what a click on the preview adds: a box corner (two clicks make a box), a new SAM region, a point to the last one
+CLICK_MODES = ("box corner", "SAM: new region", "SAM: + point", "SAM: - point")
+
+
+def add_click(region_text: str, pending: Optional[Sequence[float]], x: float, y: float, mode: str = CLICK_MODES[0]
+              ) -> Tuple[str, Optional[List[int]]]:
+    """A click at picture pixel ``(x, y)`` -> ``(new region list, pending corner)``.
+
+    ``box corner``: the first click is kept as ``pending``, the second adds the box spanning both (pixels
+    of both corners included); ``SAM: new region`` starts a ``sam x,y`` line; ``SAM: + point`` /
+    ``SAM: - point`` add a foreground / background point to the last SAM line.
+    """
+    if mode not in CLICK_MODES:
+        raise ValueError(f"click mode: expected one of {CLICK_MODES}, got {mode!r}")
+    x, y = int(round(x)), int(round(y))
+    lines = [line for line in (region_text or "").splitlines() if line.strip()]
+    if mode == CLICK_MODES[0]:
+        if pending is None:
+            return "\n".join(lines), [x, y]
+        (x0, x1), (y0, y1) = sorted((int(pending[0]), x)), sorted((int(pending[1]), y))
+        lines.append(RegionSpec("box", box=[x0, y0, x1 + 1, y1 + 1]).text())
+    elif mode == CLICK_MODES[1]:
+        lines.append(RegionSpec("sam", points=[(x, y, 1)]).text())
+    else:
+        specs = parse_regions("\n".join(lines))
+        if not specs or specs[-1].kind != "sam":
+            raise ValueError("SAM points: start a SAM region first ('SAM: new region'), then add + / - points to it")
+        specs[-1].points.append((x, y, 1 if mode == CLICK_MODES[2] else 0))
+        lines[-1] = specs[-1].text()
+    return "\n".join(lines), None
 
 
 def editor_image(value: Any) -> Image.Image:
