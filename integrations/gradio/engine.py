@@ -276,17 +276,19 @@ class RegionEngine:
         templates: the default prompt templates.
         name: how the model is described on the page.
         sam_points_per_side: SAM's automatic mask grid for "where is".
+        sam_options: more ``SamAutomaticMaskGenerator`` options (e.g. ``pred_iou_thresh``).
         text_cache: how many label lists keep their text features (the text tower runs once per list).
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, *, sam: Any = None, llava: Any = None,
                  templates: Sequence[str] = ("a photo of a {}.",), name: str = "Alpha-CLIP",
-                 sam_points_per_side: int = 16, text_cache: int = 16) -> None:
+                 sam_points_per_side: int = 16, sam_options: Optional[Dict[str, Any]] = None,
+                 text_cache: int = 16) -> None:
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.templates = list(templates)
         self.params = preprocess_params(model)
         self.sam, self.llava = sam, llava
-        self.sam_points_per_side = sam_points_per_side
+        self.sam_options = {"points_per_side": sam_points_per_side, **(sam_options or {})}
         self._text: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
         self._text_size = text_cache
         self._lock = threading.Lock()       # the text cache
@@ -458,7 +460,7 @@ class RegionEngine:
         if use_sam and self.sam is not None:
             from alphaclip_train.sam import automatic_mask_generator
 
-            generator = automatic_mask_generator(self.sam, points_per_side=self.sam_points_per_side)
+            generator = automatic_mask_generator(self.sam, **self.sam_options)
             with self._sam_lock:
                 result = locate(self.model, self.tokenizer, image, phrase, mask_generator=generator,
                                 template=template, mode=mode)
