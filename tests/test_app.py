@@ -314,3 +314,28 @@ def test_command_without_gradio_says_how_to_install(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gradio", None)  # import gradio -> ImportError
     with pytest.raises(SystemExit, match=r"needs Gradio, which is not installed: pip install 'alpha-clip\[app\]'"):
         main(["app"])
+
+
+# ------------------------------------------------------------------------------------------------ docs/app.md
+def test_docs_python_blocks_run(capsys):
+    from conftest import doc_blocks
+
+    blocks = doc_blocks("docs/app.md", "Python")
+    assert len(blocks) == 2
+    ns = {"__name__": "__docs__"}
+    for block in blocks:
+        exec(compile(block, "docs/app.md", "exec"), ns)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("1 box") and out[1].startswith("2 box")
+    assert len(ns["result"].baseline_rows) == 10 and ns["result"].baseline_rows[1][1] == "CLIP, whole image"
+    assert ns["where"].rows[0][0] == 1
+    assert isinstance(ns["demo"], gr.Blocks)
+    tabs = [b for b in ns["demo"].blocks.values() if isinstance(b, gr.Tab)]
+    assert "Region cut-outs" in [t.label for t in tabs]
+    # the panel's callback is wired to the editor and the region list and cuts out each region
+    fn = next(f for f in ns["demo"].fns.values() if f.fn.__name__ == "run")
+    image = ns["image"]
+    pics = fn.fn({"background": np.asarray(image.convert("RGBA")), "layers": []}, "box 34,16,58,40")
+    assert len(pics) == 1 and np.array_equal(np.asarray(pics[0])[20, 40], np.asarray(image)[20, 40])
+    with pytest.raises(gr.Error, match="regions: mark at least one region"):
+        fn.fn({"background": np.asarray(image.convert("RGBA")), "layers": []}, "")
