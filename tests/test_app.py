@@ -2,7 +2,9 @@
 shipped toy model), its parsing and click logic, SAM and LLaVA behind it, and the command line."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -39,26 +41,33 @@ def toy():
     return load_tiny()
 
 
-@pytest.fixture(scope="module")
-def server(toy):
-    """The page served on 127.0.0.1 by :func:`launch` (toy model, bundled scenes), and a client."""
+@contextlib.contextmanager
+def serve(engine: RegionEngine):
+    """The page served on 127.0.0.1 by :func:`launch` (bundled scenes as examples): ``(demo, folder, port)``;
+    afterwards the server is closed, its temporary folder removed and ``GRADIO_TEMP_DIR`` restored."""
     from alphaclip_integrations.gradio.app import launch
 
     saved = os.environ.get("GRADIO_TEMP_DIR")
-    engine = RegionEngine(*toy, templates=TEMPLATES, name="toy")
     port = free_port()
     demo, folder = launch(engine, port=port, block=False, labels="\n".join(LABELS))
     try:
-        yield {"demo": demo, "folder": folder, "engine": engine, "port": port,
-               "client": Client(f"http://127.0.0.1:{port}/", verbose=False)}
+        yield demo, folder, port
     finally:
         demo.close()
-        import shutil
         shutil.rmtree(folder, ignore_errors=True)
         if saved is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
         else:
             os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+@pytest.fixture(scope="module")
+def server(toy):
+    """The toy model's page and a gradio_client on it."""
+    engine = RegionEngine(*toy, templates=TEMPLATES, name="toy")
+    with serve(engine) as (demo, folder, port):
+        yield {"demo": demo, "folder": folder, "engine": engine, "port": port,
+               "client": Client(f"http://127.0.0.1:{port}/", verbose=False)}
 
 
 @pytest.fixture(scope="module")

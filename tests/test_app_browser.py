@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,9 +26,9 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from alphaclip_integrations.gradio.app import launch  # noqa: E402
 from alphaclip_integrations.gradio.engine import RegionEngine, parse_regions  # noqa: E402
 from alphaclip_train.synthetic import LABELS, demo_scene, load_tiny  # noqa: E402
+from test_app import serve  # noqa: E402
 
 # the browser never reaches beyond this machine: no sync, no component updates, no background fetches
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -40,28 +38,18 @@ FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-backgroun
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    saved = os.environ.get("GRADIO_TEMP_DIR")
     engine = RegionEngine(*load_tiny(), templates=["a {}."], name="the shipped toy Alpha-CLIP")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo, folder = launch(engine, port=port, block=False, labels="\n".join(LABELS))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in FLAGS + (f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        driver.get(f"http://127.0.0.1:{port}/")
-        yield driver, engine, folder
-    finally:
-        driver.quit()
-        demo.close()
-        shutil.rmtree(folder, ignore_errors=True)
-        if saved is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = saved
+    with serve(engine) as (_, folder, port):
+        driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+        try:
+            driver.get(f"http://127.0.0.1:{port}/")
+            yield driver, engine, folder
+        finally:
+            driver.quit()
 
 
 def cell(driver, row: int, col: int) -> str:
@@ -77,7 +65,7 @@ def test_pick_scene_mark_box_classify(page, tmp_path):
     img = wait.until(lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "#preview img")
                                 if d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", i)])[0]
     scene = demo_scene()
-    image, masks = scene[0], scene[1]
+    masks = scene[1]
     # the example is the 64px scene enlarged 4x (256px), the preview shows it 2x more: 8 preview pixels per scene pixel
     ys, xs = np.nonzero(masks[0])
     corners = [((xs.min() + 1) * 8, (ys.min() + 1) * 8), ((xs.max() - 1) * 8, (ys.max() - 1) * 8)]

@@ -115,7 +115,7 @@ def parse_regions(text: str) -> List[RegionSpec]:
         elif kind in ("sam", "point", "points"):
             pts = []
             for tok in rest.split():
-                m = re.fullmatch(rf"([+-]?)(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)", tok)
+                m = re.fullmatch(r"([+-]?)(\d+(?:\.\d+)?),(\d+(?:\.\d+)?)", tok)
                 if not m:
                     raise ValueError(f"regions, line {n}: a SAM point is 'x,y' (or '-x,y' for background), got {tok!r}")
                 pts.append((float(m.group(2)), float(m.group(3)), 0 if m.group(1) == "-" else 1))
