@@ -348,3 +348,38 @@ def test_docs_python_blocks_run(capsys):
     assert len(pics) == 1 and np.array_equal(np.asarray(pics[0])[20, 40], np.asarray(image)[20, 40])
     with pytest.raises(gr.Error, match="regions: mark at least one region"):
         fn.fn({"background": np.asarray(image.convert("RGBA")), "layers": []}, "")
+
+
+def test_command_serves_on_localhost_and_cleans_up_on_sigterm(tmp_path):
+    """The real command in its own process: the page on 127.0.0.1, uploads under the system temp folder,
+    removed when the server is stopped with SIGTERM (as with Ctrl+C)."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    env.pop("GRADIO_TEMP_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "alphaclip_core.cli", "app", "--port", str(port), "--no-examples"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        for line in proc.stdout:  # until the server says it runs
+            lines.append(line)
+            if "Running on local URL" in line:
+                break
+        text = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in text, text
+        folder = Path(re.search(r"uploads and pictures go to (\S+)", text).group(1))
+        assert folder.parent == tmp_path and folder.is_dir()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            assert r.status == 200 and b"<html" in r.read(2000).lower()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert not folder.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -268,6 +268,7 @@ def launch(engine: RegionEngine, *, host: str = "127.0.0.1", port: Optional[int]
     it; the caller removes ``folder``).
     """
     folder = temp_folder()
+    done = False
     try:
         rows = scene_examples(folder / "examples") if examples else None
         demo = build_app(engine, examples=rows, panels=panels, labels=labels)
@@ -275,9 +276,8 @@ def launch(engine: RegionEngine, *, host: str = "127.0.0.1", port: Optional[int]
         logger.info("uploads and pictures go to %s", folder)
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                     show_error=True, quiet=not block, allowed_paths=[str(folder)])
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    if block:
-        shutil.rmtree(folder, ignore_errors=True)
+        done = True
+    finally:
+        if block or not done:  # a blocking server has stopped (Ctrl+C, SIGTERM), or it never started
+            shutil.rmtree(folder, ignore_errors=True)
     return demo, folder

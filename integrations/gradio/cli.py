@@ -142,7 +142,16 @@ def _cmd_app(args: argparse.Namespace) -> int:
         labels = "\n".join(LABELS)
     if args.share:
         logger.warning("--share: the page is reachable by anyone with the public link while the app runs")
+    import signal
+
+    def stop(signum, frame):  # `kill PID` stops the server like Ctrl+C does, so its temporary folder is removed
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"alphaclip app: http://{args.host}:{args.port}  (model: {engine.name}; Ctrl+C stops it)", flush=True)
-    launch(engine, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
-           queue_size=args.queue_size, examples=not args.no_examples, labels=labels)
+    try:
+        launch(engine, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
+               queue_size=args.queue_size, examples=not args.no_examples, labels=labels)
+    except KeyboardInterrupt:  # stopped while still starting up: launch has removed its folder already
+        logger.info("stopped")
     return 0
