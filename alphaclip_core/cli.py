@@ -25,6 +25,7 @@ COMMAND_MODULES: List[str] = [
     "alphaclip_train.eval.cli",       # locate, eval
     "alphaclip_train.pseudolabel",    # pseudolabel (Detic box pseudo-labels)
     "alphaclip_integrations.diffusers.cli",  # generate variation/convert (diffusers imported inside)
+    "alphaclip_integrations.gradio.cli",  # app (the interactive region page; gradio imported when it runs)
 ]
 
 
