@@ -458,7 +458,7 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
     assert first["val"]["correct"] == 2
 
     class Broken(RecScorer):
-        def score(self, *a, **k):
+        def score_prepared(self, *a, **k):
             raise AssertionError("resumed run rescored an image")
 
     assert evaluate_rec(samples, Broken(rec_models), state_path=state, progress=False) == first

@@ -289,3 +289,22 @@ def test_reference_mode_keeps_the_crop_for_a_region_outside_it(tmp_path, color_m
     crop = evaluate(ds, cls, alpha_model, methods=["alpha_mask"], mode="crop", progress=False)
     assert ref["n_pad_fallback"] == 0 and ref["metrics"]["alpha_mask"]["top1"] == 0.0    # sees only the blue crop
     assert crop["n_pad_fallback"] == 1 and crop["metrics"]["alpha_mask"]["top1"] == 100.0
+
+
+# ------------------------------------------------------------------------------------------------ REC
+def test_rec_resume_records_settings_and_workers_change_nothing(tmp_path):
+    from alphaclip_train.eval.rec import RecScorer, evaluate_rec, load_refer
+    from test_eval import write_refer
+
+    write_refer(tmp_path)
+    samples = load_refer(tmp_path, "refcoco", splits=("val", "testA", "testB"))
+    models = [(build_color_clip({c: c for c in NAMES}), tokenizer())]
+    state = tmp_path / "rec.jsonl"
+    first = evaluate_rec(samples, RecScorer(models, views=["image"]), state_path=state, progress=False)
+    with pytest.raises(SettingsMismatch, match=r'scorer.views: \["image"\] -> \["image", "blur"\]'):
+        evaluate_rec(samples, RecScorer(models), state_path=state, progress=False)
+    both = evaluate_rec(samples, RecScorer(models), state_path=state, progress=False, restart=True)
+    assert both == evaluate_rec(samples, RecScorer(models), progress=False, num_workers=2)
+    assert first["val"]["n"] == both["val"]["n"] == 3
+    with pytest.raises(SettingsMismatch, match=r"samples: "):
+        evaluate_rec(samples[:2], RecScorer(models), state_path=state, progress=False)

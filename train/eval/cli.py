@@ -212,9 +212,15 @@ def add_rec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blur-radius", type=float, help="Gaussian blur radius in pixels (default 4%% of the longer side)")
     p.add_argument("--sentence-key", default="sent", choices=("sent", "raw"), help="refer sentence field")
     p.add_argument("--limit", type=int, help="only the first N refs per dataset")
-    p.add_argument("--state", help="JSONL progress file prefix (default: <out>/<stem>.<dataset>.state.jsonl)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for <stem>.json and <stem>.md")
+    p.add_argument("--state", help="JSONL progress file prefix (default: <out>/<stem>.<dataset>.state.jsonl); a "
+                                   "rerun with the same settings resumes from it")
+    p.add_argument("--out", help="folder for <stem>.json, <stem>.md and the progress files (default: a folder in the "
+                                 "current directory named after the run, e.g. rec-alpha-ViT-B-16-<checkpoint>-image+blur)")
     p.add_argument("--stem", default="rec", help="output file stem")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes decoding images and preparing inputs (default 2; 0 = none)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard progress files written with other settings (moved to *.old) instead of refusing")
     add_model_arguments(p)
 
 
@@ -235,6 +241,8 @@ def run_rec(args: argparse.Namespace) -> int:
     from .rec import (REFER_SPLITS, RecScorer, evaluate_rec, load_plain_json, load_proposals, load_refer,
                       rec_markdown, sam_box_masks)
 
+    from .resume import file_digest
+
     models = [load_model(args)] + [_ensemble_member(s, args.device) for s in args.ensemble]
     mask_fn = None
     if args.sam_checkpoint:
@@ -243,8 +251,12 @@ def run_rec(args: argparse.Namespace) -> int:
         mask_fn = sam_box_masks(sam_lib.box_predictor(sam_lib.load_sam(args.sam_type, args.sam_checkpoint, args.device)))
     scorer = RecScorer(models, views=args.views, mask_fn=mask_fn, blur_radius=args.blur_radius)
     proposals = load_proposals(args.proposals) if args.proposals else None
-    out = Path(args.out)
+    out = _run_folder(args, "rec", "+".join(args.views), "ensemble" if args.ensemble else None,
+                      "sam" if args.sam_checkpoint else None)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**_model_settings(args), "ensemble": list(args.ensemble), "sentence_key": args.sentence_key,
+                "sam": None if not args.sam_checkpoint else {"type": args.sam_type,
+                                                            "weights": file_digest(args.sam_checkpoint)}}
     data = Path(args.data)
     if data.suffix == ".json":
         sets = {"plain": load_plain_json(data, args.images)}
@@ -258,7 +270,8 @@ def run_rec(args: argparse.Namespace) -> int:
         if args.limit:
             samples = samples[:args.limit]
         state = Path(args.state + f".{d}") if args.state else out / f"{args.stem}.{d}.state.jsonl"
-        results[d] = evaluate_rec(samples, scorer, proposals=proposals, state_path=state)
+        results[d] = evaluate_rec(samples, scorer, proposals=proposals, state_path=state, num_workers=args.workers,
+                                  settings=settings, restart=args.restart)
     md = rec_markdown(results)
     md += "\n" + "\n".join(f"- {d}: " + ", ".join(f"{s} {r['correct']}/{r['n']}" for s, r in res.items())
                            for d, res in results.items()) + "\n"
