@@ -156,7 +156,7 @@ def run_imagenet_s(args: argparse.Namespace) -> int:
     from alphaclip_core.regions import text_classifier
 
     from .imagenet_s import ImageNetS, arch_column, class_names, evaluate, results_markdown
-    from .resume import json_digest
+    from .resume import json_digest, module_digest
 
     ds = ImageNetS(args.root, args.categories, args.split)
     names = class_names(ds.wnids, args.names)
@@ -168,7 +168,10 @@ def run_imagenet_s(args: argparse.Namespace) -> int:
         classifier = text_classifier(alpha_model, tokenizer, names, templates)
     if args.plain_base:
         plain = load_plain(args.model, args.plain_base, args.device)
-        plain_classifier = text_classifier(plain, open_clip.get_tokenizer(args.model), names, templates)
+        if alpha_model is not None and module_digest(plain, "visual.") == module_digest(alpha_model, "visual."):
+            plain_classifier = classifier    # the same text tower (Alpha-CLIP keeps its base's): embed once
+        else:
+            plain_classifier = text_classifier(plain, open_clip.get_tokenizer(args.model), names, templates)
     if alpha_model is None and plain is None:
         raise SystemExit("error: --no-alpha needs --plain-base")
     stem = args.stem or f"imagenet_s_{args.model.replace('/', '-').replace(':', '-')}"

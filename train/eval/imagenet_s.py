@@ -367,14 +367,15 @@ class _Items(torch.utils.data.Dataset):
             if not region.any():
                 item["empty"] = True
                 return item
-            region_t = torch.from_numpy(region).float()
+            # bool masks throughout: the same 0/1 values as floats, without full-resolution range checks
+            region_t = torch.from_numpy(region)
             whole_pix = None
             if self.alpha_methods:
                 def mask_of(m: str) -> torch.Tensor:
                     if m == "alpha_whole":
                         return torch.ones_like(region_t)
                     if m == "alpha_box":
-                        return boxes_to_masks(list(mask_bbox(region_t)), image.height, image.width)[0]
+                        return boxes_to_masks(list(mask_bbox(region)), image.height, image.width)[0].bool()
                     return region_t
 
                 (pix, alpha), item["pad"] = _prepared(self.alpha_tf, image,
@@ -387,7 +388,7 @@ class _Items(torch.utils.data.Dataset):
                 pixels: List[torch.Tensor] = []
                 inverse = []
                 for v in self.plain_views:
-                    view = baseline_view(v, image, region_t)
+                    view = baseline_view(v, image, region)
                     a = np.asarray(view)
                     if self.dedupe:
                         same = [u for u, b in enumerate(arrays) if b.shape == a.shape and np.array_equal(a, b)]

@@ -44,13 +44,17 @@ def _hash_tensor(h: "hashlib._Hash", name: str, t: torch.Tensor) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
-def module_digest(module: Optional[torch.nn.Module]) -> Optional[str]:
-    """sha256 (hex, 16 chars) of a module's state dict: names, dtypes, shapes and bytes. None for None."""
+def module_digest(module: Optional[torch.nn.Module], skip: Optional[str] = None) -> Optional[str]:
+    """sha256 (hex, 16 chars) of a module's state dict: names, dtypes, shapes and bytes. None for None.
+
+    ``skip``: leave out the entries whose name starts with this prefix (e.g. ``"visual."`` to digest
+    only a CLIP's text side)."""
     if module is None:
         return None
     h = hashlib.sha256()
     for name, t in sorted(module.state_dict().items()):
-        _hash_tensor(h, name, t)
+        if skip is None or not name.startswith(skip):
+            _hash_tensor(h, name, t)
     return h.hexdigest()[:16]
 
 
