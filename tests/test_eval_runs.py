@@ -308,3 +308,26 @@ def test_rec_resume_records_settings_and_workers_change_nothing(tmp_path):
     assert first["val"]["n"] == both["val"]["n"] == 3
     with pytest.raises(SettingsMismatch, match=r"samples: "):
         evaluate_rec(samples[:2], RecScorer(models), state_path=state, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ docs
+def test_docs_evaluation_python_blocks_run(tmp_path, monkeypatch):
+    from conftest import doc_blocks
+
+    blocks = doc_blocks("docs/evaluation.md")
+    assert blocks, "no python block in docs/evaluation.md"
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for k, wnid in enumerate(["n02930766", "n01484850", "n02930766"]):       # cab, great_white_shark
+        img = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+        ids = np.zeros((40, 56), np.int64)
+        ids[5:30, 10:40] = sorted({"n02930766", "n01484850"}).index(wnid) + 1
+        for sub, obj, ext in (("validation", Image.fromarray(img), "JPEG"), ("validation-segmentation", _seg_png(ids), "png")):
+            (tmp_path / "ImageNetS919" / sub / wnid).mkdir(parents=True, exist_ok=True)
+            obj.save(tmp_path / "ImageNetS919" / sub / wnid / f"{k}.{ext}")
+    scope = {"__name__": "docs"}
+    for block in blocks:
+        exec(compile(block, "docs/evaluation.md", "exec"), scope)
+    assert scope["names"] == ["great_white_shark", "cab"]
+    assert scope["result"]["n"] == 3 and set(scope["result"]["metrics"]) == {"alpha_mask", "alpha_whole"}
+    assert state_lines(tmp_path / "imagenet_s_run" / "progress.jsonl")[0]["settings"]["mode"] == "reference"
