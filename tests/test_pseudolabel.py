@@ -302,3 +302,15 @@ def test_proposer_instead_of_a_candidates_file(tmp_path, model):
     b = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "b", candidates=files["candidates"], **kw)
     assert seen_sizes == [(W, H)] * 4
     assert json.loads(a.read_text())["annotations"] == json.loads(b.read_text())["annotations"]
+
+
+def test_workers_decode_images_without_changing_results(tmp_path, model):
+    files = write_dataset(tmp_path, n_extra=2)
+    kw = dict(candidates=files["candidates"], text_features=text_features(model), progress=False,
+              config=PseudoLabelConfig(shard_size=3))
+    one = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "one", **kw)
+    two = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", num_workers=2, **kw)
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+    (tmp_path / "img" / "n0000" / "101.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image 101: no such file: .*101\.png"):
+        pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "three", num_workers=2, **kw)

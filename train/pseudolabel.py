@@ -451,7 +451,7 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         proposer: Optional[Callable[[Image.Image], List[Candidate]]] = None,
         config: Optional[PseudoLabelConfig] = None, text_features: Optional[torch.Tensor] = None,
         rank: Optional[int] = None, world_size: Optional[int] = None, tag: str = "",
-        progress: bool = True, overlays: int = 0, restart: bool = False) -> Optional[Path]:
+        progress: bool = True, overlays: int = 0, restart: bool = False, num_workers: int = 0) -> Optional[Path]:
     """Pseudo-label this rank's shards of ``dataset``; merge when every shard is done.
 
     Args:
@@ -464,6 +464,8 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         tag: names the model in the resume settings (a rerun with another tag refuses old shards).
         restart: recompute shards written with other settings (see :func:`run_settings`) instead of
             refusing them; the merged JSON of the old run is removed.
+        num_workers: DataLoader worker processes that read and decode the images ahead of the model
+            (0 = in this process). Results do not depend on it.
         overlays: draw the kept regions of the first ``overlays`` images this call labels into
             ``out_dir/overlays/<image id>.png`` (for a look at what the labeller picks).
     Returns:
@@ -494,8 +496,7 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         for i in todo:
             anns: List[Dict[str, Any]] = []
             stats = {"images": 0, "images_without_candidates": 0, "regions_scored": 0, "annotations": 0}
-            for im in images[ranges[i][0]:ranges[i][1]]:
-                img = load(im)
+            for im, img in _prefetch(images[ranges[i][0]:ranges[i][1]], load, num_workers):
                 regions = cand.get(im["id"], []) if cand is not None else proposer(img)
                 stats["images"] += 1
                 stats["images_without_candidates"] += not regions
@@ -512,6 +513,41 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
                 "stats": stats, "annotations": anns})
         bar.close()
     return merge_shards(out_dir, images, categories, len(ranges), fingerprint, restart)
+
+
+class _Loaded(torch.utils.data.Dataset):
+    """Images read and decoded in DataLoader workers: item ``n`` is ``(image dict, PIL image)`` or, for a bad
+    file, ``(image dict, exception)`` re-raised by the main process."""
+
+    def __init__(self, images: Sequence[Dict[str, Any]], load: Callable[[Dict[str, Any]], Image.Image]) -> None:
+        self.images, self.load = list(images), load
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, n: int) -> Tuple[Dict[str, Any], Any]:
+        try:
+            return self.images[n], self.load(self.images[n])
+        except (ValueError, OSError) as e:
+            return self.images[n], e
+
+
+def _first(batch: List[Any]) -> Any:
+    return batch[0]
+
+
+def _prefetch(images: Sequence[Dict[str, Any]], load: Callable[[Dict[str, Any]], Image.Image], num_workers: int):
+    """``(image dict, PIL image)`` in order, decoded by ``num_workers`` workers (0: here, one at a time)."""
+    if num_workers <= 0:
+        for im in images:
+            yield im, load(im)
+        return
+    loader = torch.utils.data.DataLoader(_Loaded(images, load), batch_size=1, num_workers=num_workers,
+                                         collate_fn=_first, prefetch_factor=4)
+    for im, img in loader:
+        if isinstance(img, BaseException):
+            raise img
+        yield im, img
 
 
 def _check_run(out_dir: Path, settings: Dict[str, Any], fingerprint: str, restart: bool) -> None:
@@ -560,6 +596,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                              "into OUT_DIR/overlays/")
     p.add_argument("--restart", action="store_true",
                    help="recompute shards written with other settings instead of refusing them")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers reading and decoding images ahead of the model (default 2; 0 = none)")
     add_model_arguments(p)
 
 
@@ -589,7 +627,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     tag = f"{args.model}|{args.checkpoint}|{args.text_features}"
     path = run(model, tokenizer, args.dataset, args.image_root, args.out_dir, candidates=args.candidates,
                config=config, text_features=text_features, tag=tag, progress=not args.no_progress,
-               overlays=args.overlays, restart=args.restart)
+               overlays=args.overlays, restart=args.restart, num_workers=args.workers)
     if path is not None:
         print(path)
     return 0
