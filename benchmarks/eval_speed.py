@@ -123,10 +123,11 @@ def run_model(name: str, n_images: int, args: argparse.Namespace, work: Path) ->
     return out
 
 
-def markdown(results: List[Dict[str, object]], info: Dict[str, object], args: argparse.Namespace) -> str:
+def markdown(results: List[Dict[str, object]], info: Dict[str, object], args: argparse.Namespace,
+             load_end: float) -> str:
     lines = [f"## ImageNet-S evaluation throughput ({args.device}, fp32)", "",
              f"Machine: {describe(info)}; load average {info['loadavg'][0]:.1f} at start, "
-             f"{os.getloadavg()[0]:.1f} at end (2 cores shared with other jobs: the numbers are noisy; compare "
+             f"{load_end:.1f} at end ({info['cpus']} cores shared with other jobs: the numbers are noisy; compare "
              "the ratios, measured side by side in one run). All 8 methods (3 alpha rows + 5 plain views per "
              "image); random-init weights; synthetic ImageNet-sized JPEGs (a quarter with a region whose box is the "
              "whole image). Every configuration gave the same top-5 predictions as `before` for every image and "
@@ -137,7 +138,7 @@ def markdown(results: List[Dict[str, object]], info: Dict[str, object], args: ar
         for name, c in r["configs"].items():
             rows = f"{c['rows']['alpha'][1]}/{c['rows']['alpha'][0]} + {c['rows']['plain'][1]}/{c['rows']['plain'][0]}"
             lines.append(f"| {r['model']} | {r['images']} | {name} | {c['batch_size']} | {c['workers']} | "
-                         f"{'yes' if c['dedupe'] else 'no'} | {c['images_per_s']:.2f} | {c['speedup']:.2f}x | {rows} |")
+                         f"{'yes' if c['dedupe'] else 'no'} | {c['images_per_s']:.3g} | {c['speedup']:.2f}x | {rows} |")
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     stem = f"eval_speed_{args.tag}" if args.tag else "eval_speed"
     payload = {"machine": info, "loadavg_end": os.getloadavg(), "args": vars(args), "results": results}
-    md = markdown(results, info, args)
+    md = markdown(results, info, args, payload["loadavg_end"][0])
     atomic_write(RESULTS / f"{stem}.json", lambda t: Path(t).write_text(json.dumps(payload, indent=2) + "\n"))
     atomic_write(RESULTS / f"{stem}.md", lambda t: Path(t).write_text(md))
     print(md)

@@ -12,7 +12,8 @@ checks it to 1e-6); this script measures the distance of the default ``crop`` mo
 2. decoding: the reference reads JPEGs with OpenCV, this project with PIL (when ``cv2`` is installed);
 3. predictions, with the shipped toy Alpha-CLIP (``alphaclip_train.synthetic.load_tiny``, trained on the
    synthetic shapes world at 64 px): for every object of synthetic scenes widened or heightened to ImageNet
-   aspect ratios, the "colour shape" logits from crop-mode vs reference-mode inputs: top-1 agreement and
+   aspect ratios and upscaled 4x (so that both modes downsize, as with photos larger than the model's
+   input), the "colour shape" logits from crop-mode vs reference-mode inputs: top-1 agreement and
    the largest logit difference (objects that the centre crop cuts off are skipped: there crop mode pads
    instead and reference mode sees an all-background alpha).
 
@@ -79,15 +80,16 @@ def decode_difference() -> dict:
 
 
 def widen(scene_image: Image.Image, masks: np.ndarray, w: int, h: int, rng: random.Random):
-    """Put a square scene into a w x h canvas of its own edge colour, centred with a random shift."""
+    """Put a square scene somewhere in a w x h canvas of its corner's colour, then upscale it all 4x."""
     side = scene_image.width
     canvas = Image.new("RGB", (w, h), scene_image.getpixel((0, 0)))
-    x = (w - side) // 2 + rng.randint(-(w - side) // 2, (w - side) // 2) if w > side else 0
-    y = (h - side) // 2 + rng.randint(-(h - side) // 2, (h - side) // 2) if h > side else 0
+    x, y = rng.randint(0, w - side), rng.randint(0, h - side)
     canvas.paste(scene_image, (x, y))
     out = np.zeros((len(masks), h, w), bool)
     out[:, y:y + side, x:x + side] = masks
-    return canvas, out
+    # photos are larger than the model's input: upscale 4x, so both modes downsize (4x) as with ImageNet
+    big = canvas.resize((4 * w, 4 * h), Image.BICUBIC)
+    return big, out.repeat(4, axis=1).repeat(4, axis=2)
 
 
 @torch.no_grad()
@@ -96,16 +98,16 @@ def prediction_agreement(scenes: int = 120) -> dict:
 
     model, tokenizer = load_tiny()
     params = preprocess_params(model)
-    classifier = text_classifier(model, tokenizer, list(LABELS), ["a photo of a {}."])
+    classifier = text_classifier(model, tokenizer, list(LABELS), ["a {}"])       # its training phrases: "a red circle"
     crop, ref = PairedTransform(mode="crop", **params), PairedTransform(mode="reference", **params)
     rng = random.Random(0)
     agree = total = skipped = correct_crop = correct_ref = 0
     max_dlogit = 0.0
     for seed in range(scenes):
-        scene = render_scene(seed, size=128)
+        scene = render_scene(seed, size=64)
         if not len(scene.objects):
             continue
-        w, h = [(176, 128), (128, 176), (192, 128), (128, 128)][seed % 4]
+        w, h = [(85, 64), (64, 85), (96, 64), (64, 64)][seed % 4]
         image, masks = widen(scene.image, scene.masks, w, h, rng)
         try:
             pc, ac = crop(image, masks)
@@ -142,7 +144,7 @@ def main() -> int:
                   f"{100 * decode['share_differing']:.2f}% of the values differ, by at most {decode['max_abs']} "
                   f"(mean {decode['mean_abs']:.4f}) on 0..255."]
     lines += ["", f"Predictions of the shipped toy Alpha-CLIP (64 px, synthetic shapes world) for {preds['regions']} "
-              f"objects of scenes widened to 176x128 / 128x176 / 192x128 (and square 128x128): top-1 agrees for "
+              f"objects of 64 px scenes widened to 85x64 / 64x85 / 96x64 (and square 64x64) and upscaled 4x (340x256 ...): top-1 agrees for "
               f"{100 * preds['top1_agreement']:.1f}% of them; largest logit difference {preds['max_abs_logit_diff']:.2f} "
               f"(logit scale 100); top-1 accuracy {100 * preds['top1_crop']:.1f}% (crop) vs "
               f"{100 * preds['top1_reference']:.1f}% (reference). {preds['skipped_outside_crop']} objects outside "
