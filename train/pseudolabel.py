@@ -345,7 +345,7 @@ def run_settings(config: PseudoLabelConfig, images: Sequence[Dict[str, Any]], ca
         "config": {k: v for k, v in asdict(config).items() if k != "batch_size"},
         "images": json_digest([[im["id"], im["file_name"], im["width"], im["height"]] for im in images]),
         "labels": json_digest(sorted([int(k), list(v)] for k, v in labels.items())),
-        "categories": json_digest([[c["id"], _class_name(c)] for c in categories]),
+        "categories": json_digest([[c["id"], category_name(c)] for c in categories]),
         "model": module_digest(model),
         "dtype": None if model is None else str(next(model.parameters()).dtype).replace("torch.", ""),
         "text_features": tensor_digest(text_features),
