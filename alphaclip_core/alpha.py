@@ -400,6 +400,11 @@ class PairedTransform:
         colour, so it normalises to 0; alpha padded with 0 = background), then
         resize to ``size x size``.  Nothing is lost.
       * ``'squash'``: resize to ``size x size`` ignoring the aspect ratio.
+      * ``'reference'``: the reference release's ImageNet-S evaluation geometry, to reproduce its
+        numbers exactly: centre-crop the largest square first (offset ``n // 2 - side // 2``), then
+        resize to ``size x size`` WITHOUT antialias (paper-era torchvision on tensors) and without
+        clamping the bicubic overshoot; a mask outside the crop gives an all-background alpha
+        instead of an error.
 
     The image is resized with ``interpolation`` (+ antialias), clamped to
     [0, 1] and normalised with mean/std; masks are resized bilinearly
@@ -411,8 +416,8 @@ class PairedTransform:
                  std: Sequence[float] = OPENAI_DATASET_STD, interpolation: str = "bicubic") -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
             raise ValueError(f"size must be a positive int, got {size!r}")
-        if mode not in ("crop", "pad", "squash"):
-            raise ValueError(f"mode must be 'crop', 'pad' or 'squash', got {mode!r}")
+        if mode not in ("crop", "pad", "squash", "reference"):
+            raise ValueError(f"mode must be 'crop', 'pad', 'squash' or 'reference', got {mode!r}")
         if interpolation not in _INTERP:
             raise ValueError(f"interpolation must be one of {sorted(_INTERP)}, got {interpolation!r}")
         if len(mean) != 3:
@@ -431,6 +436,11 @@ class PairedTransform:
         s = self.size
         if self.mode == "crop":
             return TF.center_crop(TF.resize(x, [s], interpolation=interp, antialias=True), [s, s])
+        if self.mode == "reference":
+            h, w = x.shape[-2:]
+            side = min(h, w)
+            top, left = h // 2 - side // 2, w // 2 - side // 2
+            return TF.resize(x[..., top:top + side, left:left + side], [s, s], interpolation=interp, antialias=False)
         if self.mode == "pad":
             h, w = x.shape[-2:]
             side = max(h, w)
@@ -487,7 +497,9 @@ class PairedTransform:
                                  "use mode='pad' to keep the whole image")
         mean = torch.tensor(self.mean, device=img.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=img.device).view(1, 3, 1, 1)
-        pix = self._geometry(img, _INTERP[self.interpolation], mean.flatten()).clamp_(0, 1)
+        pix = self._geometry(img, _INTERP[self.interpolation], mean.flatten())
+        if self.mode != "reference":  # the reference normalises the bicubic overshoot as it is
+            pix = pix.clamp_(0, 1)
         alpha = self._geometry(m.unsqueeze(1), InterpolationMode.BILINEAR, torch.zeros(1, device=img.device))
         return (pix - mean) / std, normalize_alpha(alpha.clamp_(0, 1))
 

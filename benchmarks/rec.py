@@ -9,7 +9,9 @@ masks from the candidate boxes, image + background-blurred views)::
         --ensemble alpha-ViT-L-14=clip_l14_grit20m_fultune_2xe.pth,ViT-L-14.pt \\
         --sam-checkpoint sam_vit_h_4b8939.pth --device cuda
 
-Writes ``benchmarks/results/rec.json`` and ``rec.md`` (SPEC.md's REC table with this run's row).
+Writes ``rec.json`` and ``rec.md`` (SPEC.md's REC table with this run's row) and the resumable progress
+files into ``--out`` (default: a folder in the current directory named after the run); a rerun with other
+settings is refused unless ``--restart`` (see docs/evaluation.md).
 """
 import sys
 

@@ -24,9 +24,10 @@ from alphaclip_core.checkpoints import save_safetensors
 from alphaclip_core.cli import main as alphaclip_main
 from alphaclip_core.regions import text_classifier
 from alphaclip_train.eval import baselines
-from alphaclip_train.eval.imagenet_s import (ImageNetS, accuracy_report, decode_segmentation, default_names,
-                                             evaluate, ranked_predictions, read_categories, read_names,
-                                             results_markdown)
+from alphaclip_train.eval.imagenet_s import (ImageNetS, accuracy_report, class_names, decode_segmentation,
+                                             evaluate, openai_names, paper_names, ranked_predictions,
+                                             read_categories, read_names, results_markdown)
+from alphaclip_train.eval.resume import SettingsMismatch
 from alphaclip_train.eval.rec import (RecScorer, RestrictedUnpickler, box_iou, evaluate_rec, load_plain_json,
                                       load_proposals, load_refer, load_refs, rec_markdown, sam_box_masks)
 from eval_kit import COLORS, build_color_clip, plain_copy, quadrants, tiny_sam, tokenizer
@@ -159,10 +160,32 @@ def test_segmentation_and_names_files(tmp_path):
     (tmp_path / "short.txt").write_text("red\ngreen\n")
     with pytest.raises(ValueError, match="lists 2 names but there are 6 categories"):
         read_names(tmp_path / "short.txt", sorted(WNIDS.values()))
-    # default names: open_clip's ImageNet-1k class names matched by wnid
-    assert default_names(["n01443537", "n01440764"]) == ["goldfish", "tench"]
+    # built-in names: open_clip's curated ImageNet-1k names, or the paper's (WordNet's first lemma)
+    assert openai_names(["n01443537", "n01440764"]) == ["goldfish", "tench"]
     with pytest.raises(ValueError, match="not ImageNet-1k classes"):
-        default_names(["n01000001"])
+        openai_names(["n01000001"])
+    with pytest.raises(ValueError, match="not ImageNet-1k classes"):
+        paper_names(["n01000001"])
+    assert class_names([WNIDS["blue"]], tmp_path / "names.json") == ["BLUE"]
+    with pytest.raises(FileNotFoundError, match="expected 'paper', 'openai' or a names file, got 'wordnet'"):
+        class_names(["n01440764"], "wordnet")
+
+
+def test_paper_names_are_wordnet_first_lemmas():
+    # the reference script's names: synset.lemmas()[0].name(), underscores kept; open_clip curates its own
+    wnids = ["n02930766", "n01484850", "n04037443", "n02110958", "n02104029", "n07742313"]
+    assert paper_names(wnids) == ["cab", "great_white_shark", "racer", "pug", "kuvasz", "Granny_Smith"]
+    assert openai_names(wnids) == ["taxicab", "great white shark", "race car", "pug", "Kuvasz",
+                                    "Granny Smith apple"]
+    assert class_names(wnids) == paper_names(wnids) and class_names(wnids, "openai") == openai_names(wnids)
+    from timm.data import ImageNetInfo
+
+    all_wnids = ImageNetInfo().label_names()
+    paper, openai = paper_names(all_wnids), openai_names(all_wnids)
+    assert len(paper) == 1000 and len(set(paper)) == 998             # 'crane' and 'maillot' name two synsets each
+    assert sum(a != b for a, b in zip(paper, openai)) == 609         # the count
+    assert sum(a.replace("_", " ") != b for a, b in zip(paper, openai)) == 363
+    assert all(" " not in n for n in paper)
 
 
 def test_imagenet_s_dataset_layout(tmp_path):
@@ -209,17 +232,19 @@ def test_imagenet_s_evaluate_hand_counted(tmp_path, color_models):
     md = results_markdown(m, "B/16")
     assert "| Alpha-CLIP, mask | 100.00 | 68.89 |" in md and "| original CLIP | 50.00 | 66.48 |" in md
 
-    # resume: every image is in the state file, so a model that cannot run is never called
-    class Broken(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-            self.visual = alpha.visual
+    # resume: every image is in the state file, so the (same) models are never called
+    def broken(model):
+        import copy
 
-        def encode_image(self, *a, **k):
+        twin = copy.deepcopy(model)
+
+        def encode_image(*a, **k):
             raise AssertionError("resumed run recomputed an image")
 
-    again = evaluate(ds, classifier, Broken(), Broken(), progress=False, state_path=state)
+        twin.encode_image = encode_image
+        return twin
+
+    again = evaluate(ds, classifier, broken(alpha), broken(plain), progress=False, state_path=state)
     assert again["metrics"] == m
     with pytest.raises(ValueError, match=r"methods: \['clip_crop'\] need a model that was not given"):
         evaluate(ds, classifier, alpha, None, methods=["clip_crop"], progress=False)
@@ -433,7 +458,7 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
     assert first["val"]["correct"] == 2
 
     class Broken(RecScorer):
-        def score(self, *a, **k):
+        def score_prepared(self, *a, **k):
             raise AssertionError("resumed run rescored an image")
 
     assert evaluate_rec(samples, Broken(rec_models), state_path=state, progress=False) == first

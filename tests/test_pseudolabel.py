@@ -15,6 +15,7 @@ from PIL import Image
 from alphaclip_core.alpha import boxes_to_masks, prepare, rle_encode
 from alphaclip_core.model import AlphaCLIP
 from alphaclip_train import pseudolabel as pl
+from alphaclip_train.eval.resume import SettingsMismatch
 from alphaclip_train.pseudolabel import (Candidate, PseudoLabelConfig, PseudoLabeler, candidates_from_sam, partition,
                                          select_regions, shard_ranges)
 
@@ -199,10 +200,38 @@ def test_two_ranks_partition_and_resume(tmp_path, model, monkeypatch):
     other = dict(kw, config=PseudoLabelConfig(shard_size=2, batch_size=3))
     assert pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", **other) == merged
     assert len(seen) == 8
-    # shards of another configuration are refused
+    # shards of another configuration are refused, naming what differs; --restart recomputes them
     other = dict(kw, config=PseudoLabelConfig(shard_size=2, score_threshold=0.5))
-    with pytest.raises(ValueError, match="written by a run with another configuration"):
+    with pytest.raises(SettingsMismatch, match=r"holds the shards of a run with other settings "
+                                               r"\(config.score_threshold: 0.0 -> 0.5\); rerun with --restart"):
         pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", **other)
+    assert len(seen) == 8
+    strict = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", restart=True, **other)
+    assert len(seen) == 15 and json.loads(strict.read_text()) == json.loads(
+        pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "fresh", **other).read_text())
+    # other weights or other class names: refused too
+    heavier = randomize_alpha_conv(AlphaCLIP(**TINY_CFG).eval(), seed=6, scale=1.0)
+    with pytest.raises(SettingsMismatch, match=r"model: \"[0-9a-f]{16}\" -> \"[0-9a-f]{16}\""):
+        pl.run(heavier, None, files["dataset"], files["image_root"], tmp_path / "two", **other)
+    data = json.loads(files["dataset"].read_text())
+    data["categories"][0]["name"] = "kitten"
+    files["dataset"].write_text(json.dumps(data))
+    with pytest.raises(SettingsMismatch, match=r"categories: "):
+        pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", **other)
+
+
+def test_shards_of_an_older_version_are_not_trusted(tmp_path, model):
+    files = write_dataset(tmp_path)
+    kw = dict(candidates=files["candidates"], text_features=text_features(model), progress=False,
+              config=PseudoLabelConfig(shard_size=2))
+    out = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "o", **kw)
+    (tmp_path / "o" / "run.json").unlink()                      # as an older version left it: no run.json
+    shard = tmp_path / "o" / "shards" / "shard-00000-of-00002.json"
+    shard.write_text(json.dumps(dict(json.loads(shard.read_text()), fingerprint="0123456789abcdef")))
+    with pytest.raises(SettingsMismatch, match=r"shard .*shard-00000-of-00002.json was written by a run with "
+                                               r"another configuration"):
+        pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "o", **kw)
+    assert pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "o", restart=True, **kw) == out
 
 
 def test_bad_inputs_are_named(tmp_path, model):
@@ -273,3 +302,15 @@ def test_proposer_instead_of_a_candidates_file(tmp_path, model):
     b = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "b", candidates=files["candidates"], **kw)
     assert seen_sizes == [(W, H)] * 4
     assert json.loads(a.read_text())["annotations"] == json.loads(b.read_text())["annotations"]
+
+
+def test_workers_decode_images_without_changing_results(tmp_path, model):
+    files = write_dataset(tmp_path, n_extra=2)
+    kw = dict(candidates=files["candidates"], text_features=text_features(model), progress=False,
+              config=PseudoLabelConfig(shard_size=3))
+    one = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "one", **kw)
+    two = pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "two", num_workers=2, **kw)
+    assert json.loads(one.read_text()) == json.loads(two.read_text())
+    (tmp_path / "img" / "n0000" / "101.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"image 101: no such file: .*101\.png"):
+        pl.run(model, None, files["dataset"], files["image_root"], tmp_path / "three", num_workers=2, **kw)

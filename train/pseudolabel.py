@@ -22,7 +22,11 @@ Output (``out_dir/pseudo_labels.json``)
 
 Scale-out: the images (sorted by id) are cut into shards of ``shard_size``; rank ``r`` of ``W``
 takes shards ``r, r + W, ...`` (:func:`partition`, a pure function); each finished shard is written
-atomically to ``out_dir/shards/``; a rerun skips finished shards (resume); whichever rank finishes
+atomically to ``out_dir/shards/``; a rerun skips finished shards (resume) of the SAME run:
+``out_dir/run.json`` records the run's settings (:func:`run_settings`: configuration, images and labels,
+category names, model weights digest, class embeddings, candidates file digest) and every shard carries
+their digest, so a rerun with other settings is refused with a message naming what differs (or, with
+``restart`` / ``--restart``, recomputes the shards); whichever rank finishes
 the last shard merges them (annotation ids are assigned in shard order, so the result does not
 depend on the number of ranks). Run with ``torchrun --nproc_per_node=N -m alphaclip_train.pseudolabel``;
 ranks need no process group.
@@ -30,7 +34,6 @@ ranks need no process group.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -47,6 +50,9 @@ from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, 
 from alphaclip_core.checkpoints import atomic_write
 from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou, category_name,
                                               embedding_dim, geometric_ensemble, load_text_classifier)
+
+from .eval.resume import (SettingsMismatch, file_digest, json_digest, module_digest, settings_diff,
+                          tensor_digest)
 
 __all__ = ["PseudoLabelConfig", "Candidate", "partition", "shard_ranges", "load_dataset", "load_candidates",
            "candidates_from_sam", "select_regions", "PseudoLabeler", "run", "merge_shards", "main"]
@@ -325,12 +331,27 @@ class PseudoLabeler:
         return anns
 
 
-def _fingerprint(config: PseudoLabelConfig, images: Sequence[Dict[str, Any]], categories: Sequence[Dict[str, Any]],
-                 tag: str) -> str:
-    settings = {k: v for k, v in asdict(config).items() if k != "batch_size"}  # batch size does not change results
-    blob = json.dumps({"config": settings, "images": [im["id"] for im in images],
-                       "categories": [c["id"] for c in categories], "tag": tag}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+def run_settings(config: PseudoLabelConfig, images: Sequence[Dict[str, Any]], categories: Sequence[Dict[str, Any]],
+                 labels: Dict[int, List[int]], tag: str = "", model: Optional[torch.nn.Module] = None,
+                 text_features: Optional[torch.Tensor] = None, candidates: Optional[PathLike] = None
+                 ) -> Dict[str, Any]:
+    """Everything that changes the pseudo-labels, recorded in ``out_dir/run.json`` and (as a digest) in
+    every shard: the configuration (batch size excepted: it does not change results), the images and
+    their labels, the categories and their names, the model's weights and dtype (digest), the class
+    embeddings when given, the candidates file (digest; ``proposer`` when a callable proposes them)
+    and the caller's ``tag``."""
+    return {
+        "task": "pseudolabel",
+        "config": {k: v for k, v in asdict(config).items() if k != "batch_size"},
+        "images": json_digest([[im["id"], im["file_name"], im["width"], im["height"]] for im in images]),
+        "labels": json_digest(sorted([int(k), list(v)] for k, v in labels.items())),
+        "categories": json_digest([[c["id"], category_name(c)] for c in categories]),
+        "model": module_digest(model),
+        "dtype": None if model is None else str(next(model.parameters()).dtype).replace("torch.", ""),
+        "text_features": tensor_digest(text_features),
+        "candidates": file_digest(candidates) if candidates is not None else "proposer",
+        "tag": tag,
+    }
 
 
 def _shard_path(out_dir: Path, index: int, total: int) -> Path:
@@ -345,8 +366,9 @@ def _write_json(path: Path, obj: Any) -> Path:
     return atomic_write(path, write)
 
 
-def _load_shard(path: Path, fingerprint: str) -> Optional[Dict[str, Any]]:
-    """A finished shard's content, None if absent; a shard of another run is an error."""
+def _load_shard(path: Path, fingerprint: str, stale_ok: bool = False) -> Optional[Dict[str, Any]]:
+    """A finished shard's content, None if absent; a shard of another run is an error (or, with
+    ``stale_ok``, counts as absent: it is recomputed and overwritten)."""
     if not path.is_file():
         return None
     try:
@@ -354,18 +376,21 @@ def _load_shard(path: Path, fingerprint: str) -> Optional[Dict[str, Any]]:
     except json.JSONDecodeError as e:  # cannot happen with atomic writes, unless the disk lies
         raise ValueError(f"out_dir: shard {path} is not valid JSON ({e}); delete it to recompute") from None
     if shard.get("fingerprint") != fingerprint:
-        raise ValueError(f"out_dir: shard {path} was written by a run with another configuration, dataset or "
-                         "model tag; use a new out_dir (or delete its shards/) to start over")
+        if stale_ok:
+            return None
+        raise SettingsMismatch(f"out_dir: shard {path} was written by a run with another configuration, dataset or "
+                               "model; rerun with --restart (restart=True) to recompute it, or use a new out_dir")
     return shard
 
 
 def merge_shards(out_dir: PathLike, images: Sequence[Dict[str, Any]], categories: Sequence[Dict[str, Any]],
-                 num_shards: int, fingerprint: str) -> Optional[Path]:
-    """Merge all finished shards into ``out_dir/pseudo_labels.json``; None while some shard is missing."""
+                 num_shards: int, fingerprint: str, restart: bool = False) -> Optional[Path]:
+    """Merge all finished shards into ``out_dir/pseudo_labels.json``; None while some shard is missing
+    (with ``restart``, a shard of another run counts as missing: its rank has not redone it yet)."""
     out_dir = Path(out_dir)
     shards = []
     for i in range(num_shards):
-        shard = _load_shard(_shard_path(out_dir, i, num_shards), fingerprint)
+        shard = _load_shard(_shard_path(out_dir, i, num_shards), fingerprint, stale_ok=restart)
         if shard is None:
             return None
         shards.append(shard)
@@ -426,7 +451,7 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         proposer: Optional[Callable[[Image.Image], List[Candidate]]] = None,
         config: Optional[PseudoLabelConfig] = None, text_features: Optional[torch.Tensor] = None,
         rank: Optional[int] = None, world_size: Optional[int] = None, tag: str = "",
-        progress: bool = True, overlays: int = 0) -> Optional[Path]:
+        progress: bool = True, overlays: int = 0, restart: bool = False, num_workers: int = 0) -> Optional[Path]:
     """Pseudo-label this rank's shards of ``dataset``; merge when every shard is done.
 
     Args:
@@ -436,7 +461,11 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         candidates: COCO-results JSON of candidate regions; or ``proposer(image) -> [Candidate]``
             (e.g. SAM's generator through :func:`candidates_from_sam`). Exactly one is needed.
         rank, world_size: default to ``$RANK`` / ``$WORLD_SIZE`` (torchrun), else 0 / 1.
-        tag: names the model in the resume fingerprint (a rerun with another tag refuses old shards).
+        tag: names the model in the resume settings (a rerun with another tag refuses old shards).
+        restart: recompute shards written with other settings (see :func:`run_settings`) instead of
+            refusing them; the merged JSON of the old run is removed.
+        num_workers: DataLoader worker processes that read and decode the images ahead of the model
+            (0 = in this process). Results do not depend on it.
         overlays: draw the kept regions of the first ``overlays`` images this call labels into
             ``out_dir/overlays/<image id>.png`` (for a look at what the labeller picks).
     Returns:
@@ -450,10 +479,13 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
     out_dir = Path(out_dir)
     images, categories, labels = load_dataset(dataset)
     cand = load_candidates(candidates, images) if candidates is not None else None
-    fingerprint = _fingerprint(config, images, categories, tag)
+    settings = run_settings(config, images, categories, labels, tag, model, text_features, candidates)
+    fingerprint = json_digest(settings)
+    _check_run(out_dir, settings, fingerprint, restart)
     ranges = shard_ranges(len(images), config.shard_size)
     mine = partition(len(ranges), rank, world_size)
-    todo = [i for i in mine if _load_shard(_shard_path(out_dir, i, len(ranges)), fingerprint) is None]
+    todo = [i for i in mine
+            if _load_shard(_shard_path(out_dir, i, len(ranges)), fingerprint, stale_ok=restart) is None]
     logger.info("rank %d/%d: %d of its %d shards to do (%d images in %d shards in all)", rank, world_size,
                 len(todo), len(mine), len(images), len(ranges))
     if todo:
@@ -464,8 +496,7 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
         for i in todo:
             anns: List[Dict[str, Any]] = []
             stats = {"images": 0, "images_without_candidates": 0, "regions_scored": 0, "annotations": 0}
-            for im in images[ranges[i][0]:ranges[i][1]]:
-                img = load(im)
+            for im, img in _prefetch(images[ranges[i][0]:ranges[i][1]], load, num_workers):
                 regions = cand.get(im["id"], []) if cand is not None else proposer(img)
                 stats["images"] += 1
                 stats["images_without_candidates"] += not regions
@@ -481,7 +512,61 @@ def run(model: torch.nn.Module, tokenizer: Optional[Callable], dataset: PathLike
                 "fingerprint": fingerprint, "shard": i, "image_ids": [im["id"] for im in images[slice(*ranges[i])]],
                 "stats": stats, "annotations": anns})
         bar.close()
-    return merge_shards(out_dir, images, categories, len(ranges), fingerprint)
+    return merge_shards(out_dir, images, categories, len(ranges), fingerprint, restart)
+
+
+class _Loaded(torch.utils.data.Dataset):
+    """Images read and decoded in DataLoader workers: item ``n`` is ``(image dict, PIL image)`` or, for a bad
+    file, ``(image dict, exception)`` re-raised by the main process."""
+
+    def __init__(self, images: Sequence[Dict[str, Any]], load: Callable[[Dict[str, Any]], Image.Image]) -> None:
+        self.images, self.load = list(images), load
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, n: int) -> Tuple[Dict[str, Any], Any]:
+        try:
+            return self.images[n], self.load(self.images[n])
+        except (ValueError, OSError) as e:
+            return self.images[n], e
+
+
+def _first(batch: List[Any]) -> Any:
+    return batch[0]
+
+
+def _prefetch(images: Sequence[Dict[str, Any]], load: Callable[[Dict[str, Any]], Image.Image], num_workers: int):
+    """``(image dict, PIL image)`` in order, decoded by ``num_workers`` workers (0: here, one at a time)."""
+    if num_workers <= 0:
+        for im in images:
+            yield im, load(im)
+        return
+    loader = torch.utils.data.DataLoader(_Loaded(images, load), batch_size=1, num_workers=num_workers,
+                                         collate_fn=_first, prefetch_factor=4)
+    for im, img in loader:
+        if isinstance(img, BaseException):
+            raise img
+        yield im, img
+
+
+def _check_run(out_dir: Path, settings: Dict[str, Any], fingerprint: str, restart: bool) -> None:
+    """Refuse (or, with ``restart``, take over) an ``out_dir`` that holds another run; record this run's settings."""
+    record = out_dir / "run.json"
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+        if previous.get("fingerprint") != fingerprint:
+            diff = "; ".join(settings_diff(previous.get("settings", {}), settings)) or "unreadable run.json"
+            if not restart:
+                raise SettingsMismatch(
+                    f"out_dir: {out_dir} holds the shards of a run with other settings ({diff}); rerun with --restart "
+                    "(restart=True) to recompute them, or use a new out_dir")
+            logger.warning("restart: %s held a run with other settings (%s); its shards are recomputed", out_dir, diff)
+            (out_dir / OUTPUT_NAME).unlink(missing_ok=True)
+    _write_json(record, {"fingerprint": fingerprint, "settings": settings})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,6 +594,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--overlays", type=int, default=0, help="draw the picks of the first N images (per rank) "
                                                              "into OUT_DIR/overlays/")
+    p.add_argument("--restart", action="store_true",
+                   help="recompute shards written with other settings instead of refusing them")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader workers reading and decoding images ahead of the model (default 2; 0 = none)")
     add_model_arguments(p)
 
 
@@ -538,7 +627,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     tag = f"{args.model}|{args.checkpoint}|{args.text_features}"
     path = run(model, tokenizer, args.dataset, args.image_root, args.out_dir, candidates=args.candidates,
                config=config, text_features=text_features, tag=tag, progress=not args.no_progress,
-               overlays=args.overlays)
+               overlays=args.overlays, restart=args.restart, num_workers=args.workers)
     if path is not None:
         print(path)
     return 0

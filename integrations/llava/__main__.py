@@ -8,6 +8,9 @@ converter instead (:mod:`alphaclip_integrations.llava.convert`), which needs no 
 
 Which entries run where (llava-torch 1.2.2.post1 is installed with ``--no-deps``):
 
+- ``run`` (``llava.eval.run_llava``) needs a CUDA GPU (LLaVA's script calls ``.cuda()``) and
+  ``requests`` + ``accelerate``; without them it stops with a message saying so (on CPU, the
+  transformers-native path runs: ``convert``, then ``AlphaLlavaForConditionalGeneration.generate``).
 - with this project's environment (transformers 5.x), given LLaVA's light extra dependencies:
   ``builder`` (``llava.model.builder``, import check); the eval/serve entries load models with
   LLaVA's ``load_pretrained_model``, which needs ``accelerate`` (it passes a ``device_map``);
@@ -39,11 +42,33 @@ ENTRIES: Dict[str, str] = {
     "train-mem": "llava.train.train_mem",
 }
 PINNED_ONLY = ("train", "train-mem")
+#: entries that LLaVA wrote for a CUDA GPU only (``run_llava`` moves its inputs with ``.cuda()``) and what they import
+GPU_ONLY = {"run": ("requests", "accelerate")}
 
 USAGE = ("usage: python -m alphaclip_integrations.llava ENTRY [ARGS...]\n"
          "  ENTRY: " + ", ".join(ENTRIES) + ", convert, or a llava.* module name\n"
          "  e.g.  python -m alphaclip_integrations.llava train --vision_tower alpha-clip:clip_l14@336_grit1m_fultune_8xe.pth ...\n"
          "        python -m alphaclip_integrations.llava convert --help")
+
+
+def _cannot_run(entry: str) -> str:
+    """Why ``entry`` cannot run here ('' if it can): a GPU-only LLaVA entry without CUDA, or its imports missing."""
+    if entry not in GPU_ONLY:
+        return ""
+    import importlib.util
+
+    import torch
+
+    missing = [m for m in GPU_ONLY[entry] if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"'{entry}' ({ENTRIES[entry]}) needs {', '.join(missing)}: pip install "
+                + " ".join(missing))
+    if not torch.cuda.is_available():
+        return (f"'{entry}' ({ENTRIES[entry]}) needs a CUDA GPU: LLaVA's script moves its inputs with .cuda(). "
+                "On CPU use the transformers-native alpha LLaVA instead (python -m alphaclip_integrations.llava "
+                "convert, then AlphaLlavaForConditionalGeneration.generate with AlphaLlavaProcessor; see the "
+                "README's LLaVA section)")
+    return ""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -59,6 +84,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     module = ENTRIES.get(entry, entry)
     if not module.startswith("llava."):
         print(f"unknown entry {entry!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    problem = _cannot_run(entry if entry in GPU_ONLY else next((k for k in GPU_ONLY if ENTRIES[k] == module), ""))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from .original import install
     install()

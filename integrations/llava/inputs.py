@@ -11,9 +11,40 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alphaclip_core.alpha import PairedTransform, region_masks
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-__all__ = ["as_list", "paired_batch", "rgba_alpha"]
+from alphaclip_core.alpha import ALPHA_MEAN, ALPHA_STD, PairedTransform, normalize_alpha, region_masks
+
+__all__ = ["as_list", "paired_batch", "rgba_alpha", "DEMO_ALPHA_THRESHOLD", "alpha_threshold_value",
+           "binarize_alpha"]
+
+#: The reference LLaVA demo (``demo/with_llm/app.py``) and its VQA loader
+#: (``llava/eval/model_vqa_loader_alpha_clip.py``) send the region as a white-on-black picture through
+#: CLIP's image processor and call a pixel foreground when the sum of its three normalised channels
+#: exceeds 6, i.e. when the resized mask value exceeds ``(6 + sum(mean / std)) / sum(1 / std)``
+#: = 0.98648 (nearly white); the alpha is then +-1.9231, with no soft edge.
+DEMO_ALPHA_THRESHOLD: float = (6 + sum(m / s for m, s in zip(OPENAI_DATASET_MEAN, OPENAI_DATASET_STD))) / sum(
+    1 / s for s in OPENAI_DATASET_STD)
+
+
+def alpha_threshold_value(threshold: Any) -> Optional[float]:
+    """``None`` (soft edges), ``"demo"`` (:data:`DEMO_ALPHA_THRESHOLD`) or a float in ``(0, 1)`` -> the float or None."""
+    if threshold is None:
+        return None
+    if threshold == "demo":
+        return DEMO_ALPHA_THRESHOLD
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ValueError(f"alpha_threshold: expected None (soft edges), 'demo' or a float in (0, 1), got {threshold!r}")
+    return float(threshold)
+
+
+def binarize_alpha(alpha: torch.Tensor, threshold: Any) -> torch.Tensor:
+    """Hard alpha after the resize: normalised ``alpha`` (any shape) -> +1.9231 where its ``[0, 1]`` value
+    exceeds ``threshold`` (see :func:`alpha_threshold_value`), else -1.9231. ``None`` returns ``alpha``."""
+    t = alpha_threshold_value(threshold)
+    if t is None:
+        return alpha
+    return normalize_alpha(((alpha * ALPHA_STD + ALPHA_MEAN) > t).to(alpha.dtype))
 
 
 def as_list(value: Any, n: int, name: str) -> List[Any]:

@@ -33,7 +33,7 @@ from transformers import CLIPVisionConfig
 from alphaclip_core.alpha import PairedTransform
 from alphaclip_core.checkpoints import CheckpointError, vision_arch
 
-from .inputs import paired_batch
+from .inputs import alpha_threshold_value, binarize_alpha, paired_batch
 from .weights import HEAD_WIDTH, PREFIX, load_alpha_visual, parse_tower_name, read_visual
 
 __all__ = ["PREFIX", "parse_tower_name", "load_alpha_visual", "AlphaCLIPVisionTower",
@@ -83,12 +83,18 @@ class RGBAImageProcessor:
         size: the tower's input size S.
         mode: ``'crop'`` (CLIP's), ``'pad'`` (pad to square, padding is background) or ``'squash'``.
         image_mean, image_std: RGB normalisation (OpenAI CLIP's by default).
+        alpha_threshold: ``None`` (default): soft alpha edges after the resize, as the reference's
+            training data and its ImageNet-S evaluation prepare masks; ``"demo"``: the reference LLaVA
+            demo's and VQA loader's hard threshold (foreground only where the resized mask exceeds
+            :data:`~alphaclip_integrations.llava.inputs.DEMO_ALPHA_THRESHOLD` = 0.98648); or a float.
     """
 
     model_input_names = ["pixel_values"]
 
     def __init__(self, size: int = 336, mode: str = "crop", image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
-                 image_std: Sequence[float] = OPENAI_DATASET_STD) -> None:
+                 image_std: Sequence[float] = OPENAI_DATASET_STD, alpha_threshold: Any = None) -> None:
+        alpha_threshold_value(alpha_threshold)
+        self.alpha_threshold = alpha_threshold
         self.transform = PairedTransform(size, mode, image_mean, image_std, "bicubic")
         self.image_mean: List[float] = list(self.transform.mean)
         self.image_std: List[float] = list(self.transform.std)
@@ -118,7 +124,7 @@ class RGBAImageProcessor:
         if return_tensors not in ("pt", None):
             raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
         pixels, alpha = paired_batch(images, self.transform, masks, boxes)
-        return {"pixel_values": torch.cat([pixels, alpha], dim=1)}
+        return {"pixel_values": torch.cat([pixels, binarize_alpha(alpha, self.alpha_threshold)], dim=1)}
 
     __call__ = preprocess
 
@@ -132,7 +138,8 @@ class AlphaCLIPVisionTower(nn.Module):
         vision_tower: ``alpha-clip:<checkpoint>[@<base>]``.
         args: LLaVA's config / model args: ``mm_vision_select_layer`` (LLaVA-1.5: -2),
             ``mm_vision_select_feature`` (``'patch'`` drops the class token, ``'cls_patch'`` keeps it),
-            optional ``mm_vision_alpha_mode`` (the image processor's ``'crop'``/``'pad'``/``'squash'``).
+            optional ``mm_vision_alpha_mode`` (the image processor's ``'crop'``/``'pad'``/``'squash'``),
+            optional ``mm_vision_alpha_threshold`` (its ``alpha_threshold``: None, ``'demo'`` or a float).
         delay_load: as in LLaVA: build without weights; ``load_model`` loads them later (the
             ``config`` is then read off the checkpoint on first use).
     """
@@ -147,6 +154,8 @@ class AlphaCLIPVisionTower(nn.Module):
         if self.select_feature not in ("patch", "cls_patch"):
             raise ValueError(f"mm_vision_select_feature: expected 'patch' or 'cls_patch', got {self.select_feature!r}")
         self.processor_mode = getattr(args, "mm_vision_alpha_mode", None) or "crop"
+        self.alpha_threshold = getattr(args, "mm_vision_alpha_threshold", None)
+        alpha_threshold_value(self.alpha_threshold)
         self._cfg_only: Optional[CLIPVisionConfig] = None
         if not delay_load or getattr(args, "unfreeze_mm_vision_tower", False):
             self.load_model()
@@ -169,7 +178,8 @@ class AlphaCLIPVisionTower(nn.Module):
         self._config = _config_from_state_dict(visual.state_dict())
         self.vision_tower = visual
         self._cfg_only = None
-        self.image_processor = RGBAImageProcessor(self._config.image_size, self.processor_mode)
+        self.image_processor = RGBAImageProcessor(self._config.image_size, self.processor_mode,
+                                                  alpha_threshold=self.alpha_threshold)
         self.is_loaded = True
 
     # --- features -------------------------------------------------------------------------------

@@ -16,9 +16,11 @@ from transformers.processing_utils import ProcessorMixin
 
 from alphaclip_integrations.hf import AlphaCLIPImageProcessor
 
-from .inputs import rgba_alpha
+from .inputs import alpha_threshold_value, binarize_alpha, rgba_alpha
 
 __all__ = ["AlphaLlavaProcessor"]
+
+_UNSET: Any = object()
 
 
 def _split_rgba(images: Any, masks: Any, *other_regions: Any) -> Tuple[Any, Any]:
@@ -49,15 +51,22 @@ class AlphaLlavaProcessor(ProcessorMixin):
         chat_template: optional chat template (as in ``LlavaProcessor``).
         image_token: the placeholder, ``<image>``.
         num_additional_image_tokens: tokens the tower adds besides the patches (1: CLIP's CLS).
+        alpha_threshold: ``None`` (default): soft alpha edges after the resize, as the reference's
+            training data and its ImageNet-S evaluation prepare masks; ``"demo"``: the reference LLaVA
+            demo's and VQA loader's hard threshold (foreground only where the resized mask exceeds
+            :data:`~alphaclip_integrations.llava.inputs.DEMO_ALPHA_THRESHOLD` = 0.98648, else
+            background); or a float in (0, 1). Saved with the processor.
     """
 
     def __init__(self, image_processor: Optional[AlphaCLIPImageProcessor] = None, tokenizer: Any = None,
                  patch_size: Optional[int] = None, vision_feature_select_strategy: str = "default",
                  chat_template: Optional[str] = None, image_token: str = "<image>",
-                 num_additional_image_tokens: int = 1, **kwargs: Any) -> None:
+                 num_additional_image_tokens: int = 1, alpha_threshold: Any = None, **kwargs: Any) -> None:
         if vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(f"vision_feature_select_strategy: expected 'default' or 'full', got "
                              f"{vision_feature_select_strategy!r}")
+        alpha_threshold_value(alpha_threshold)
+        self.alpha_threshold = alpha_threshold
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.num_additional_image_tokens = num_additional_image_tokens
@@ -79,8 +88,8 @@ class AlphaLlavaProcessor(ProcessorMixin):
 
     def __call__(self, images: Any = None, text: Union[str, List[str], None] = None, masks: Any = None,
                  boxes: Any = None, polygons: Any = None, rles: Any = None, *, mode: Optional[str] = None,
-                 padding: Union[bool, str] = True, return_tensors: Optional[str] = "pt",
-                 **text_kwargs: Any) -> BatchFeature:
+                 alpha_threshold: Any = _UNSET, padding: Union[bool, str] = True,
+                 return_tensors: Optional[str] = "pt", **text_kwargs: Any) -> BatchFeature:
         """Tokenise prompts and prepare images with their regions.
 
         Args:
@@ -92,6 +101,7 @@ class AlphaLlavaProcessor(ProcessorMixin):
                 list of images, a list with one entry per image; an image with K regions gives K rows).
                 No region = the whole image.
             mode: override the image processor's geometry (``crop``/``pad``/``squash``).
+            alpha_threshold: override the processor's ``alpha_threshold`` for this call.
             padding, text_kwargs: passed to the tokenizer.
         Returns:
             ``input_ids``, ``attention_mask`` and, with images, ``pixel_values [N, 3, S, S]`` and
@@ -118,6 +128,8 @@ class AlphaLlavaProcessor(ProcessorMixin):
             images, masks = _split_rgba(images, masks, boxes, polygons, rles)
             data.update(self.image_processor(images, masks=masks, boxes=boxes, polygons=polygons, rles=rles,
                                              mode=mode, return_tensors="pt"))
+            threshold = self.alpha_threshold if alpha_threshold is _UNSET else alpha_threshold
+            data["alpha_values"] = binarize_alpha(data["alpha_values"], threshold)
             rows = data["pixel_values"].shape[0]
             if rows != placeholders:
                 raise ValueError(f"text: holds {placeholders} {self.image_token} placeholder(s) but the images and "

@@ -31,6 +31,7 @@ config (a small hook installed on import), also for folders loaded with ``local-
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -50,7 +51,7 @@ from alphaclip_core.checkpoints import load_alpha_clip, save_safetensors
 from alphaclip_core.model import AlphaCLIP, AlphaCustomTextCLIP, AlphaModel
 
 __all__ = ["MODEL_NAMES", "RELEASED", "PREFIX", "TIMM_VIT_MODULES", "Backbone", "backbones", "base_name",
-           "alpha_config", "cache_dir", "pretrained_path", "load", "save_pretrained", "register"]
+           "alpha_config", "cache_dir", "pretrained_path", "build", "load", "save_pretrained", "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -325,6 +326,33 @@ def register() -> None:
             table.setdefault(tag, _LocalTagCfg(name, tag))
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _weights_follow():
+    """open_clip warns "No pretrained weights loaded ... Model initialized randomly" (on the root logger)
+    for every model built without its own weights; our loaders load the weights right after building,
+    so that warning is dropped while they build (only that message, only for that call)."""
+    quiet = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def build(name: str) -> Tuple[torch.nn.Module, Callable]:
+    """``(model, preprocess)``: the architecture ``name`` on the CPU, for weights loaded next (by the
+    caller), built through open_clip's factory without its "initialized randomly" warning."""
+    with _weights_follow():
+        model, _, preprocess = open_clip.create_model_and_transforms(name, device="cpu")
+    return model, preprocess
+
+
 def load(name: str, alpha_checkpoint: Union[str, os.PathLike], base: Optional[Union[str, os.PathLike]] = None, *,
          device: Union[str, torch.device] = "cpu", precision: str = "fp32") -> Tuple[AlphaModel, Callable]:
     """Build ``name`` and load a released (or self-trained) Alpha-CLIP into it, in one call.
@@ -340,7 +368,7 @@ def load(name: str, alpha_checkpoint: Union[str, os.PathLike], base: Optional[Un
         ``[3, S, S]``). For images WITH regions use :func:`alphaclip_core.prepare`, which applies the
         same geometry to the image and its alpha.
     """
-    model, _, preprocess = open_clip.create_model_and_transforms(name, device="cpu")
+    model, preprocess = build(name)
     load_alpha_clip(model, alpha_checkpoint, base)
     # cast/move only after loading, the way open_clip's factory does
     open_clip.factory._set_model_device_and_precision(model, device, precision, hasattr(model.visual, "trunk"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -27,15 +28,33 @@ def load_plain(model_name: str, base: str, device: str = "cpu"):
     Built as the alpha architecture with ``conv1_alpha`` left at zero, which computes exactly what the
     plain CLIP computes; call ``encode_image(pixels)`` without alpha.
     """
-    import open_clip
-
-    import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
+    import alphaclip_integrations.open_clip as aoc
     from alphaclip_core.checkpoints import load_state_dict_checked, read_state_dict
 
-    model = open_clip.create_model(model_name, device="cpu")
+    model, _ = aoc.build(model_name)
     load_state_dict_checked(model, read_state_dict(base, "plain base"), f"plain base {base}",
                             allow_missing=("visual.conv1_alpha.weight",))
     return model.to(device).eval()
+
+
+def _slug(*parts: Any) -> str:
+    """A file-name-safe run name from its parts (None parts dropped)."""
+    text = "-".join(str(p) for p in parts if p)
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("_")
+
+
+def _run_folder(args: argparse.Namespace, task: str, *parts: Any) -> Path:
+    """``--out``, or by default a folder in the current directory named after the run."""
+    if args.out:
+        return Path(args.out)
+    ckpt = Path(args.checkpoint).stem if getattr(args, "checkpoint", None) else None
+    model = args.model.split(":", 1)[-1].rstrip("/").split("/")[-1]
+    return Path(_slug(task, model, ckpt, *parts))
+
+
+def _model_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The CLI's description of the model(s), recorded in progress files (weights are also digested)."""
+    return {"model": args.model, "checkpoint": args.checkpoint, "base": args.base}
 
 
 def _write_results(out_dir: Path, stem: str, payload: Dict[str, Any], markdown: str) -> List[Path]:
@@ -94,24 +113,40 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ ImageNet-S
+def _add_speed_arguments(p: argparse.ArgumentParser, batch: int, what: str) -> None:
+    p.add_argument("--batch-size", type=int, default=batch, help=f"{what} per batch (default {batch})")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes decoding images and preparing inputs (default 2; 0 = none)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard a progress file written with other settings (moved to *.old) instead of refusing")
+
+
 def add_imagenet_s_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", help="ImageNet-S folder holding validation/ and validation-segmentation/ "
                                 "(ImageNetS919, or its parent)")
     p.add_argument("--categories", help="categories file (wnids; default: the sorted validation/ folder names)")
-    p.add_argument("--names", help="class names: 'wnid name' lines, one name per line, or JSON {wnid: name} "
-                                   "(default: open_clip's ImageNet-1k names matched by wnid)")
+    p.add_argument("--names", default="paper",
+                   help="class names: 'paper' (default: WordNet's first lemma, underscores kept, as the reference "
+                        "script names them, e.g. cab, great_white_shark), 'openai' (open_clip's curated ImageNet "
+                        "names, e.g. taxicab), or a file ('wnid name' lines, one name per line, JSON {wnid: name})")
     p.add_argument("--template", action="append", help="prompt template (repeatable; default 'a photo of a {}.')")
     p.add_argument("--methods", nargs="+", help="subset of alpha_whole alpha_box alpha_mask clip_whole clip_crop "
                                                 "clip_red_circle clip_masked clip_blurred (default: all that the "
                                                 "given models allow)")
     p.add_argument("--plain-base", help="plain CLIP weights for the clip_* baselines (OpenAI .pt or open_clip file)")
     p.add_argument("--no-alpha", action="store_true", help="run only the plain-CLIP baselines (no --checkpoint)")
-    p.add_argument("--mode", choices=("crop", "pad", "squash"), default="crop", help="paired transform geometry")
+    p.add_argument("--mode", choices=("crop", "pad", "squash", "reference"), default="crop",
+                   help="paired transform geometry; 'reference' = the reference script's exact geometry (square "
+                        "centre crop, then resize without antialias; a region outside the crop gets all-background "
+                        "alpha) to reproduce the paper's numbers to the digit")
     p.add_argument("--limit", type=int, help="evaluate an evenly spread subset of this many images")
     p.add_argument("--split", default="validation")
-    p.add_argument("--state", help="JSONL progress file; a rerun resumes from it (default: <out>/<stem>.state.jsonl)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for <stem>.json and <stem>.md")
+    p.add_argument("--state", help="JSONL progress file; a rerun with the same settings resumes from it "
+                                   "(default: <out>/<stem>.state.jsonl)")
+    p.add_argument("--out", help="folder for <stem>.json, <stem>.md and the progress file (default: a folder in the "
+                                 "current directory named after the run, e.g. imagenet_s-alpha-ViT-B-16-<checkpoint>-crop-paper)")
     p.add_argument("--stem", help="output file stem (default: imagenet_s_<model>)")
+    _add_speed_arguments(p, 32, "images")
     add_model_arguments(p)
 
 
@@ -120,10 +155,11 @@ def run_imagenet_s(args: argparse.Namespace) -> int:
 
     from alphaclip_core.regions import text_classifier
 
-    from .imagenet_s import ImageNetS, arch_column, default_names, evaluate, read_names, results_markdown
+    from .imagenet_s import ImageNetS, arch_column, class_names, evaluate, results_markdown
+    from .resume import json_digest, module_digest
 
     ds = ImageNetS(args.root, args.categories, args.split)
-    names = read_names(args.names, ds.wnids) if args.names else default_names(ds.wnids)
+    names = class_names(ds.wnids, args.names)
     templates = args.template or ["a photo of a {}."]
     alpha_model = plain = None
     classifier = plain_classifier = None
@@ -132,22 +168,30 @@ def run_imagenet_s(args: argparse.Namespace) -> int:
         classifier = text_classifier(alpha_model, tokenizer, names, templates)
     if args.plain_base:
         plain = load_plain(args.model, args.plain_base, args.device)
-        plain_classifier = text_classifier(plain, open_clip.get_tokenizer(args.model), names, templates)
+        if alpha_model is not None and module_digest(plain, "visual.") == module_digest(alpha_model, "visual."):
+            plain_classifier = classifier    # the same text tower (Alpha-CLIP keeps its base's): embed once
+        else:
+            plain_classifier = text_classifier(plain, open_clip.get_tokenizer(args.model), names, templates)
     if alpha_model is None and plain is None:
         raise SystemExit("error: --no-alpha needs --plain-base")
     stem = args.stem or f"imagenet_s_{args.model.replace('/', '-').replace(':', '-')}"
-    out = Path(args.out)
+    names_label = args.names if args.names in ("paper", "openai") else Path(args.names).name
+    out = _run_folder(args, "imagenet_s", "plain" if args.no_alpha else None, args.mode, names_label)
     state = Path(args.state) if args.state else out / f"{stem}.state.jsonl"
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**_model_settings(args), "plain_base": args.plain_base, "names": names_label,
+                "names_digest": json_digest(names), "templates": templates}
     result = evaluate(ds, classifier if classifier is not None else plain_classifier, alpha_model, plain,
-                      plain_classifier, args.methods, args.mode, args.limit, state)
+                      plain_classifier, args.methods, args.mode, args.limit, state, batch_size=args.batch_size,
+                      num_workers=args.workers, settings=settings, restart=args.restart)
     column = arch_column(args.model)
     md = results_markdown(result["metrics"], column)
     md += (f"\n{result['n']} images ({result['n_empty_mask']} without a pixel of their class, skipped; "
            f"{result['n_pad_fallback']} prepared with padding because the centre crop cut the region off). "
-           f"Templates: {templates}. Model: {args.model}, checkpoint {args.checkpoint}, plain base {args.plain_base}.\n")
+           f"Mode {args.mode}; class names: {names_label}; templates: {templates}. Model: {args.model}, checkpoint "
+           f"{args.checkpoint}, plain base {args.plain_base}.\n")
     payload = {"task": "imagenet-s", "model": args.model, "checkpoint": args.checkpoint, "plain_base": args.plain_base,
-               "templates": templates, "mode": args.mode, "limit": args.limit, **result}
+               "names": names_label, "templates": templates, "mode": args.mode, "limit": args.limit, **result}
     for path in _write_results(out, stem, payload, md):
         logger.info("wrote %s", path)
     print(md)
@@ -171,9 +215,15 @@ def add_rec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--blur-radius", type=float, help="Gaussian blur radius in pixels (default 4%% of the longer side)")
     p.add_argument("--sentence-key", default="sent", choices=("sent", "raw"), help="refer sentence field")
     p.add_argument("--limit", type=int, help="only the first N refs per dataset")
-    p.add_argument("--state", help="JSONL progress file prefix (default: <out>/<stem>.<dataset>.state.jsonl)")
-    p.add_argument("--out", default="benchmarks/results", help="folder for <stem>.json and <stem>.md")
+    p.add_argument("--state", help="JSONL progress file prefix (default: <out>/<stem>.<dataset>.state.jsonl); a "
+                                   "rerun with the same settings resumes from it")
+    p.add_argument("--out", help="folder for <stem>.json, <stem>.md and the progress files (default: a folder in the "
+                                 "current directory named after the run, e.g. rec-alpha-ViT-B-16-<checkpoint>-image+blur)")
     p.add_argument("--stem", default="rec", help="output file stem")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader worker processes decoding images and preparing inputs (default 2; 0 = none)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard progress files written with other settings (moved to *.old) instead of refusing")
     add_model_arguments(p)
 
 
@@ -194,6 +244,8 @@ def run_rec(args: argparse.Namespace) -> int:
     from .rec import (REFER_SPLITS, RecScorer, evaluate_rec, load_plain_json, load_proposals, load_refer,
                       rec_markdown, sam_box_masks)
 
+    from .resume import file_digest
+
     models = [load_model(args)] + [_ensemble_member(s, args.device) for s in args.ensemble]
     mask_fn = None
     if args.sam_checkpoint:
@@ -202,8 +254,12 @@ def run_rec(args: argparse.Namespace) -> int:
         mask_fn = sam_box_masks(sam_lib.box_predictor(sam_lib.load_sam(args.sam_type, args.sam_checkpoint, args.device)))
     scorer = RecScorer(models, views=args.views, mask_fn=mask_fn, blur_radius=args.blur_radius)
     proposals = load_proposals(args.proposals) if args.proposals else None
-    out = Path(args.out)
+    out = _run_folder(args, "rec", "+".join(args.views), "ensemble" if args.ensemble else None,
+                      "sam" if args.sam_checkpoint else None)
     out.mkdir(parents=True, exist_ok=True)
+    settings = {**_model_settings(args), "ensemble": list(args.ensemble), "sentence_key": args.sentence_key,
+                "sam": None if not args.sam_checkpoint else {"type": args.sam_type,
+                                                            "weights": file_digest(args.sam_checkpoint)}}
     data = Path(args.data)
     if data.suffix == ".json":
         sets = {"plain": load_plain_json(data, args.images)}
@@ -217,7 +273,8 @@ def run_rec(args: argparse.Namespace) -> int:
         if args.limit:
             samples = samples[:args.limit]
         state = Path(args.state + f".{d}") if args.state else out / f"{args.stem}.{d}.state.jsonl"
-        results[d] = evaluate_rec(samples, scorer, proposals=proposals, state_path=state)
+        results[d] = evaluate_rec(samples, scorer, proposals=proposals, state_path=state, num_workers=args.workers,
+                                  settings=settings, restart=args.restart)
     md = rec_markdown(results)
     md += "\n" + "\n".join(f"- {d}: " + ", ".join(f"{s} {r['correct']}/{r['n']}" for s, r in res.items())
                            for d, res in results.items()) + "\n"

@@ -11,10 +11,12 @@ the SORTED list of the 919 category wnids (``ImageNetS_categories_im919.txt`` so
 ``validation/`` folder names). The region of an image is the set of pixels carrying the class id of
 its folder's wnid.
 
-Class names: a names file (``wnid name`` lines, one name per line in class-id order, or a JSON
-``{wnid: name}``), or, by default, derived from open_clip's ImageNet-1k class names
-(``IMAGENET_CLASSNAMES``, in ImageNet-1k's sorted-wnid order) matched by wnid through timm's
-ImageNet-1k synset list; nothing is downloaded or shipped.
+Class names (:func:`class_names`): ``paper`` (default on the command line), the reference script's
+names: WordNet's first lemma of each synset, underscores kept (``cab``, ``great_white_shark``),
+read from timm's installed ImageNet synset-to-lemma table (its first lemma with spaces turned back
+into underscores equals WordNet 3.0's ``synset.lemmas()[0].name()`` for all 1000 ImageNet-1k
+classes); ``openai``, open_clip's curated ImageNet-1k names (``taxicab``; 609 of the 1000 differ from
+the paper's); or a names file. Nothing is downloaded.
 
 Metrics (:func:`accuracy_report`): top-1 / top-5 over images and the mean over classes of the
 per-class top-1 / top-5 accuracy (the paper reports the mean per-class top-1).
@@ -35,10 +37,11 @@ from alphaclip_core.alpha import PairedTransform, boxes_to_masks
 from alphaclip_core.regions import preprocess_params, score_regions
 
 from .baselines import BASELINE_VIEWS, baseline_view, mask_bbox
+from .resume import ResumeLog, classifier_summary, json_digest, module_digest
 
 __all__ = ["IGNORE_ID", "OTHER_ID", "ALPHA_METHODS", "PLAIN_METHODS", "METHOD_ROWS", "decode_segmentation",
-           "read_categories", "read_names", "default_names", "ImageNetS", "ranked_predictions", "accuracy_report",
-           "evaluate", "results_markdown", "PAPER"]
+           "read_categories", "read_names", "paper_names", "openai_names", "class_names", "NAME_SOURCES", "ImageNetS", "ranked_predictions", "accuracy_report",
+           "run_settings", "evaluate", "results_markdown", "PAPER"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,19 +140,57 @@ def read_names(path: Any, wnids: Sequence[str]) -> List[str]:
     return names
 
 
-def default_names(wnids: Sequence[str]) -> List[str]:
-    """Names for ImageNet wnids from open_clip's ImageNet-1k class names (matched by wnid via timm's synset list)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+def _imagenet_index(wnids: Sequence[str]) -> Dict[str, int]:
     from timm.data import ImageNetInfo
 
     order = {w: i for i, w in enumerate(ImageNetInfo().label_names())}
-    if len(order) != len(IMAGENET_CLASSNAMES):
-        raise RuntimeError("timm's ImageNet-1k synsets and open_clip's class names differ in length")
     missing = [w for w in wnids if w not in order]
     if missing:
         raise ValueError(f"names: {len(missing)} wnids are not ImageNet-1k classes, e.g. {missing[:5]}; "
                          "pass a names file")
+    return order
+
+
+def openai_names(wnids: Sequence[str]) -> List[str]:
+    """open_clip's curated ImageNet-1k class names (``taxicab``), matched by wnid via timm's synset list."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    order = _imagenet_index(wnids)
+    if len(order) != len(IMAGENET_CLASSNAMES):
+        raise RuntimeError("timm's ImageNet-1k synsets and open_clip's class names differ in length")
     return [IMAGENET_CLASSNAMES[order[w]] for w in wnids]
+
+
+def paper_names(wnids: Sequence[str]) -> List[str]:
+    """The reference ImageNet-S script's class names: WordNet's first lemma, underscores kept (``cab``,
+    ``great_white_shark``, ``Sealyham_terrier``).
+
+    Read from timm's ``imagenet_synset_to_lemma.txt`` (``wnid<TAB>lemma, lemma, ...`` with spaces for
+    WordNet's underscores): the first lemma with its spaces turned back into underscores. For the 1000
+    ImageNet-1k synsets this equals WordNet 3.0's ``lemmas()[0].name()`` (checked against WordNet's
+    ``data.noun`` when this was written).
+    """
+    from timm.data import ImageNetInfo
+
+    _imagenet_index(wnids)
+    info = ImageNetInfo()
+    return [info.label_name_to_description(w).split(",")[0].strip().replace(" ", "_") for w in wnids]
+
+
+#: the built-in class-name sets of ``--names``
+NAME_SOURCES = ("paper", "openai")
+
+
+def class_names(wnids: Sequence[str], names: Any = "paper") -> List[str]:
+    """Names for ``wnids`` (class-id order): ``"paper"`` (:func:`paper_names`), ``"openai"``
+    (:func:`openai_names`) or a names file (:func:`read_names`)."""
+    if names == "paper":
+        return paper_names(wnids)
+    if names == "openai":
+        return openai_names(wnids)
+    if isinstance(names, str) and not Path(names).exists():
+        raise FileNotFoundError(f"names: expected 'paper', 'openai' or a names file, got {names!r} (no such file)")
+    return read_names(names, wnids)
 
 
 @dataclass
@@ -266,7 +307,11 @@ def accuracy_report(ranked: Any, targets: Any, ks: Sequence[int] = (1, 5)) -> Di
 
 # ------------------------------------------------------------------------------------------------ evaluation
 def _prepared(transform: PairedTransform, image: Image.Image, masks: torch.Tensor):
-    """Prepare with ``transform``; when the centre crop cuts a region off, fall back to padding (returns a flag)."""
+    """Prepare with ``transform``; when the centre crop cuts a region off, fall back to padding (returns a flag).
+
+    (``mode="reference"`` never raises: like the reference script it keeps the crop, and a region
+    outside it gets an all-background alpha.)
+    """
     try:
         return transform(image, masks), False
     except ValueError as e:
@@ -276,11 +321,144 @@ def _prepared(transform: PairedTransform, image: Image.Image, masks: torch.Tenso
         return pad(image, masks), True
 
 
+def _unique_rows(x: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    """``[N, ...]`` -> (the distinct rows ``[U, ...]`` in first-seen order, ``inverse``: row -> its unique row)."""
+    keep: List[int] = []
+    inverse: List[int] = []
+    for r in range(x.shape[0]):
+        for u, k in enumerate(keep):
+            if torch.equal(x[r], x[k]):
+                inverse.append(u)
+                break
+        else:
+            inverse.append(len(keep))
+            keep.append(r)
+    return x[keep], inverse
+
+
+class _Items(torch.utils.data.Dataset):
+    """The CPU side of :func:`evaluate`, run in DataLoader workers: decode an image and its segmentation,
+    build the alpha rows (paired transform) and the plain-CLIP views, each deduplicated.
+
+    An item is a dict: ``i``, ``target``, ``empty``, ``pad``, and ``alpha = (pixels [1,3,S,S],
+    alpha [U,1,S,S], inverse)`` / ``plain = (pixels [V',3,S,S], inverse)``; ``inverse[j]`` is the
+    unique row that method ``j`` uses. A bad file gives ``error`` instead (re-raised in the main
+    process with a clean message).
+    """
+
+    def __init__(self, dataset: "ImageNetS", indices: Sequence[int], alpha_tf: Optional[PairedTransform],
+                 alpha_methods: Sequence[str], plain_tf: Optional[PairedTransform], plain_views: Sequence[str],
+                 dedupe: bool) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+        self.alpha_tf, self.alpha_methods = alpha_tf, list(alpha_methods)
+        self.plain_tf, self.plain_views = plain_tf, list(plain_views)
+        self.dedupe = dedupe
+        # the plain "whole" view is the alpha path's image when both models take the same input
+        self.share_whole = alpha_tf is not None and plain_tf is not None and repr(alpha_tf) == repr(plain_tf)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, n: int) -> Dict[str, Any]:
+        i = self.indices[n]
+        item: Dict[str, Any] = {"i": i, "target": int(self.dataset.samples[i].label), "empty": False, "pad": False}
+        try:
+            image, region = self.dataset.load(i)
+            if not region.any():
+                item["empty"] = True
+                return item
+            # bool masks throughout: the same 0/1 values as floats, without full-resolution range checks
+            region_t = torch.from_numpy(region)
+            whole_pix = None
+            if self.alpha_methods:
+                def mask_of(m: str) -> torch.Tensor:
+                    if m == "alpha_whole":
+                        return torch.ones_like(region_t)
+                    if m == "alpha_box":
+                        return boxes_to_masks(list(mask_bbox(region)), image.height, image.width)[0].bool()
+                    return region_t
+
+                (pix, alpha), item["pad"] = _prepared(self.alpha_tf, image,
+                                                      torch.stack([mask_of(m) for m in self.alpha_methods]))
+                alpha, inverse = _unique_rows(alpha) if self.dedupe else (alpha, list(range(alpha.shape[0])))
+                item["alpha"] = (pix, alpha, inverse)
+                whole_pix = pix if self.share_whole and not item["pad"] else None
+            if self.plain_views:
+                arrays: List[np.ndarray] = []
+                pixels: List[torch.Tensor] = []
+                inverse = []
+                for v in self.plain_views:
+                    view = baseline_view(v, image, region)
+                    a = np.asarray(view)
+                    if self.dedupe:
+                        same = [u for u, b in enumerate(arrays) if b.shape == a.shape and np.array_equal(a, b)]
+                        if same:
+                            inverse.append(same[0])
+                            continue
+                    inverse.append(len(arrays))
+                    arrays.append(a)
+                    pixels.append(whole_pix if v == "whole" and whole_pix is not None else self.plain_tf(view)[0])
+                item["plain"] = (torch.cat(pixels), inverse)
+        except (ValueError, OSError) as e:  # a bad file: reported by the main process, without a worker traceback
+            item["error"] = (type(e).__name__, f"image {self.dataset.samples[i].image}: {e}")
+        return item
+
+
+def _as_list(batch: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return batch
+
+
+def _plain_cosine(model: torch.nn.Module, pixels: torch.Tensor, classifier: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[N, C]`` cosine of plain-CLIP image features (``encode_image(pixels)``, no alpha) with the classifier."""
+    device = next(model.parameters()).device
+    text = classifier.to(device=device, dtype=torch.float32)
+    out = []
+    for start in range(0, pixels.shape[0], rows):
+        feats = model.encode_image(pixels[start:start + rows].to(device), normalize=True).float()
+        out.append((feats @ text.T).cpu())
+    return torch.cat(out)
+
+
+def _split(cos: torch.Tensor, counts: Sequence[int]) -> List[torch.Tensor]:
+    return list(torch.split(cos, list(counts)))
+
+
+def run_settings(dataset: "ImageNetS", classifier: torch.Tensor, alpha_model: Optional[torch.nn.Module],
+                 plain_model: Optional[torch.nn.Module], plain_classifier: Optional[torch.Tensor],
+                 methods: Sequence[str], mode: str, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """What a progress file of :func:`evaluate` records and a resumed run must match: the images and
+    categories, mode, methods, the weights (digests) and dtypes of both models, the class-name
+    embeddings (compared with a tolerance, see :func:`~alphaclip_train.eval.resume.classifier_summary`)
+    and the caller's ``extra`` (model names, checkpoint paths, names, templates ...)."""
+    uses_plain = any(m in PLAIN_METHODS for m in methods)
+    uses_alpha = any(m in ALPHA_METHODS for m in methods)
+
+    def dtype(m: Optional[torch.nn.Module]) -> Optional[str]:
+        return None if m is None else str(next(m.parameters()).dtype).replace("torch.", "")
+
+    return {
+        "task": "imagenet-s",
+        "images": json_digest([str(s.image.relative_to(dataset.root)) for s in dataset.samples]),
+        "categories": json_digest(list(dataset.wnids)),
+        "mode": mode,
+        "methods": sorted(methods),
+        "alpha_model": module_digest(alpha_model) if uses_alpha else None,
+        "alpha_dtype": dtype(alpha_model) if uses_alpha else None,
+        "plain_model": module_digest(plain_model) if uses_plain else None,
+        "plain_dtype": dtype(plain_model) if uses_plain else None,
+        "classifier": classifier_summary(classifier) if uses_alpha else None,
+        "plain_classifier": classifier_summary(plain_classifier) if uses_plain else None,
+        "run": dict(extra or {}),
+    }
+
+
 @torch.no_grad()
 def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional[torch.nn.Module] = None,
              plain_model: Optional[torch.nn.Module] = None, plain_classifier: Optional[torch.Tensor] = None,
              methods: Optional[Sequence[str]] = None, mode: str = "crop", limit: Optional[int] = None,
-             state_path: Any = None, progress: bool = True) -> Dict[str, Any]:
+             state_path: Any = None, progress: bool = True, *, batch_size: int = 32, num_workers: int = 0,
+             rows_per_forward: int = 64, dedupe: bool = True, settings: Optional[Dict[str, Any]] = None,
+             restart: bool = False) -> Dict[str, Any]:
     """Zero-shot classify the region of every image with each method.
 
     Args:
@@ -291,12 +469,27 @@ def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional
             crop of the box, red circle, background masked, background blurred).
         plain_classifier: ``[C, D]`` text features of ``plain_model`` (default: ``classifier``).
         methods: subset of ``ALPHA_METHODS + PLAIN_METHODS`` (default: all the given models can run).
-        mode: the paired transform's geometry; with ``crop`` an image whose region the centre crop cuts off
-            is prepared with ``pad`` instead (counted in ``n_pad_fallback``).
+        mode: the paired transform's geometry: ``crop`` (an image whose region the centre crop cuts off
+            is prepared with ``pad`` instead, counted in ``n_pad_fallback``), ``pad``, ``squash``, or
+            ``reference`` (the reference script's exact geometry; see :class:`~alphaclip_core.alpha.PairedTransform`).
         limit: evaluate ``limit`` images spread evenly over the dataset (every ``len/limit``-th image).
-        state_path: a JSONL file with one line per evaluated image; an interrupted run resumes from it.
+        state_path: a JSONL progress file (one line per evaluated image, after a first line with the run's
+            settings, see :func:`run_settings`); an interrupted run resumes from it. A file written with
+            other settings is refused (:class:`~alphaclip_train.eval.resume.SettingsMismatch`) unless
+            ``restart``, which moves it aside and starts over. ``limit`` is not a setting: records are
+            per image, so a larger ``limit`` reuses the images already done.
+        batch_size: images per batch; their alpha rows (and plain views) go through the model together,
+            ``rows_per_forward`` rows per forward pass.
+        num_workers: DataLoader worker processes that decode the images and run the paired transform and
+            the baseline views while the model works (0 = in this process).
+        dedupe: encode identical rows once (e.g. the box alpha equals the whole-image alpha when the box
+            covers the centre crop; the crop view equals the whole image when the box is the whole
+            image); the predictions are the same either way.
+        settings: extra settings to record and match on resume (the CLI's model names, checkpoint
+            paths, class-name source, templates).
     Returns:
-        ``{"metrics": {method: accuracy_report}, "n_empty_mask": .., "n_pad_fallback": .., "n": ..}``.
+        ``{"metrics": {method: accuracy_report}, "n_empty_mask": .., "n_pad_fallback": .., "n": ..,
+        "rows": {"alpha": [requested, encoded], "plain": [requested, encoded]}}`` (rows of this call).
         An image whose PNG has no pixel of its class is skipped for every method (counted in ``n_empty_mask``).
     """
     avail = (ALPHA_METHODS if alpha_model is not None else ()) + (PLAIN_METHODS if plain_model is not None else ())
@@ -306,6 +499,9 @@ def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional
         raise ValueError(f"methods: {bad} need a model that was not given (available: {list(avail)})")
     if not methods:
         raise ValueError("evaluate: give alpha_model and/or plain_model")
+    if batch_size < 1 or rows_per_forward < 1 or num_workers < 0:
+        raise ValueError(f"batch_size / rows_per_forward: expected >= 1 and num_workers >= 0, got {batch_size}, "
+                         f"{rows_per_forward}, {num_workers}")
     plain_classifier = classifier if plain_classifier is None else plain_classifier
     for name, cls in (("classifier", classifier), ("plain_classifier", plain_classifier)):
         if cls.dim() != 2 or cls.shape[0] != len(dataset.wnids):
@@ -314,69 +510,74 @@ def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional
     if limit is not None and limit < len(indices):
         step = len(indices) / limit
         indices = [indices[int(i * step)] for i in range(limit)]
-    transforms = {}
-    for key, model in (("alpha", alpha_model), ("plain", plain_model)):
-        if model is not None:
-            transforms[key] = PairedTransform(mode=mode, **preprocess_params(model))
+    alpha_methods = [m for m in ALPHA_METHODS if m in methods]
+    plain_methods = [m for m in PLAIN_METHODS if m in methods]
+    alpha_tf = PairedTransform(mode=mode, **preprocess_params(alpha_model)) if alpha_methods else None
+    plain_tf = PairedTransform(mode=mode, **preprocess_params(plain_model)) if plain_methods else None
 
+    log = None
     done: Dict[int, dict] = {}
-    state = Path(state_path) if state_path else None
-    if state is not None and state.is_file():
-        for line in state.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[int(rec["i"])] = rec
-        logger.info("resuming: %d images already evaluated in %s", len(done), state)
-    fh = state.open("a") if state is not None else None
+    if state_path:
+        log = ResumeLog(state_path, run_settings(dataset, classifier, alpha_model, plain_model, plain_classifier,
+                                                 methods, mode, settings), restart=restart)
+        done = {int(r["i"]): r for r in log.records}
+    todo = [i for i in indices if i not in done]
+    items = _Items(dataset, todo, alpha_tf, alpha_methods, plain_tf, [m[len("clip_"):] for m in plain_methods], dedupe)
+    loader = torch.utils.data.DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=_as_list, prefetch_factor=4 if num_workers else None)
+    rows = {"alpha": [0, 0], "plain": [0, 0]}
     from tqdm import tqdm
 
+    bar = tqdm(total=len(indices), initial=len(indices) - len(todo), desc="ImageNet-S", unit="img",
+               disable=not progress)
     try:
-        for i in tqdm(indices, desc="ImageNet-S", disable=not progress):
-            if i in done:
-                continue
-            image, region = dataset.load(i)
-            rec: Dict[str, Any] = {"i": i, "target": dataset.samples[i].label, "pred": {}, "empty": False,
-                                   "pad": False}
-            if not region.any():
-                rec["empty"] = True
-            else:
-                region_t = torch.from_numpy(region).float()
-                if "alpha" in transforms and any(m in methods for m in ALPHA_METHODS):
-                    box = boxes_to_masks(list(mask_bbox(region_t)), image.height, image.width)
-                    masks = torch.cat([torch.ones_like(region_t)[None], box, region_t[None]])
-                    (pix, alpha), pad = _prepared(transforms["alpha"], image, masks)
-                    rec["pad"] |= pad
-                    cos = score_regions(alpha_model, pix, alpha, classifier)
-                    for j, m in enumerate(ALPHA_METHODS):
-                        if m in methods:
-                            rec["pred"][m] = ranked_predictions(cos[j:j + 1])[0].tolist()
-                wanted = [m for m in PLAIN_METHODS if m in methods]
-                if wanted:
-                    views = [baseline_view(m[len("clip_"):], image, region_t) for m in wanted]
-                    pix = torch.cat([transforms["plain"](v)[0] for v in views])
-                    device = next(plain_model.parameters()).device
-                    feats = plain_model.encode_image(pix.to(device), normalize=True).float()
-                    cos = feats @ plain_classifier.to(device=device, dtype=torch.float32).T
-                    for j, m in enumerate(wanted):
-                        rec["pred"][m] = ranked_predictions(cos[j:j + 1])[0].tolist()
-            done[i] = rec
-            if fh is not None:
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
+        for batch in loader:
+            for it in batch:
+                if "error" in it:
+                    kind, message = it["error"]
+                    raise (FileNotFoundError if kind == "FileNotFoundError" else ValueError)(message)
+            recs = {it["i"]: {"i": it["i"], "target": it["target"], "pred": {}, "empty": it["empty"], "pad": it["pad"]}
+                    for it in batch}
+            with_alpha = [it for it in batch if "alpha" in it]
+            if with_alpha:
+                pix = torch.cat([it["alpha"][0].expand(it["alpha"][1].shape[0], -1, -1, -1) for it in with_alpha])
+                cos = score_regions(alpha_model, pix, torch.cat([it["alpha"][1] for it in with_alpha]), classifier,
+                                    rows_per_forward).cpu()
+                for it, c in zip(with_alpha, _split(cos, [it["alpha"][1].shape[0] for it in with_alpha])):
+                    ranked = ranked_predictions(c).tolist()
+                    for m, u in zip(alpha_methods, it["alpha"][2]):
+                        recs[it["i"]]["pred"][m] = ranked[u]
+                rows["alpha"][0] += len(alpha_methods) * len(with_alpha)
+                rows["alpha"][1] += pix.shape[0]
+            with_plain = [it for it in batch if "plain" in it]
+            if with_plain:
+                pix = torch.cat([it["plain"][0] for it in with_plain])
+                cos = _plain_cosine(plain_model, pix, plain_classifier, rows_per_forward)
+                for it, c in zip(with_plain, _split(cos, [it["plain"][0].shape[0] for it in with_plain])):
+                    ranked = ranked_predictions(c).tolist()
+                    for m, u in zip(plain_methods, it["plain"][1]):
+                        recs[it["i"]]["pred"][m] = ranked[u]
+                rows["plain"][0] += len(plain_methods) * len(with_plain)
+                rows["plain"][1] += pix.shape[0]
+            done.update(recs)
+            if log is not None:
+                log.extend(recs.values())
+            bar.update(len(batch))
     finally:
-        if fh is not None:
-            fh.close()
+        bar.close()
+        if log is not None:
+            log.close()
 
     recs = [done[i] for i in indices]
     kept = [r for r in recs if not r["empty"]]
     metrics = {}
     for m in methods:
-        rows = [r for r in kept if m in r["pred"]]
-        if rows:
-            width = min(len(r["pred"][m]) for r in rows)
-            metrics[m] = accuracy_report([r["pred"][m][:width] for r in rows], [r["target"] for r in rows])
+        with_m = [r for r in kept if m in r["pred"]]
+        if with_m:
+            width = min(len(r["pred"][m]) for r in with_m)
+            metrics[m] = accuracy_report([r["pred"][m][:width] for r in with_m], [r["target"] for r in with_m])
     return {"metrics": metrics, "n": len(recs), "n_empty_mask": len(recs) - len(kept),
-            "n_pad_fallback": sum(r["pad"] for r in kept)}
+            "n_pad_fallback": sum(r["pad"] for r in kept), "rows": rows}
 
 
 def arch_column(model_name: str) -> str:

@@ -41,6 +41,8 @@ from alphaclip_core.alpha import ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_t
 from alphaclip_core.region_classifier import box_iou
 from alphaclip_core.regions import preprocess_params, score_regions, text_classifier
 
+from .resume import ResumeLog, json_digest, module_digest
+
 __all__ = ["RefusedPickle", "RestrictedUnpickler", "load_refs", "RecSample", "load_refer", "load_plain_json", "load_proposals",
            "box_iou", "RecScorer", "evaluate_rec", "rec_markdown", "REFER_SPLITS", "PAPER_REC"]
 
@@ -272,33 +274,62 @@ class RecScorer:
         self.blur_radius, self.template, self.mode, self.batch_size = blur_radius, template, mode, batch_size
         self._transforms = [PairedTransform(mode=mode, **preprocess_params(m)) for m, _ in self.models]
 
-    @torch.no_grad()
-    def score(self, image: Image.Image, boxes: Any, sentences: Sequence[str]) -> torch.Tensor:
-        """Ensemble cosine ``[S, N]`` of S sentences against the N candidate boxes (xyxy pixels) of ``image``."""
+    def settings(self) -> Dict[str, Any]:
+        """What changes this scorer's results, for progress files: the models' weights (digests) and
+        dtypes, views, template, geometry and blur. (``mask_fn`` is described by the caller.)"""
+        return {"models": [module_digest(m) for m, _ in self.models],
+                "dtypes": [str(next(m.parameters()).dtype).replace("torch.", "") for m, _ in self.models],
+                "views": list(self.views), "template": self.template, "mode": self.mode,
+                "blur_radius": self.blur_radius, "masks": "boxes" if self.mask_fn is None else "mask_fn"}
+
+    def masks(self, image: Image.Image, boxes: np.ndarray) -> torch.Tensor:
+        """``[N, H, W]`` region masks of the candidate boxes: ``mask_fn``'s, else the boxes as rectangles."""
+        return (self.mask_fn(image, boxes) if self.mask_fn is not None
+                else boxes_to_masks(boxes, image.height, image.width))
+
+    def prepare(self, image: Image.Image, boxes: Any, masks: Optional[torch.Tensor] = None) -> List[Tuple[torch.Tensor, ...]]:
+        """The CPU part of :meth:`score` (runs in DataLoader workers when masks need no model): for each
+        model, ``(pixels [1,3,S,S], alpha [N,1,S,S], blurred pixels [1,3,S,S] or None)``."""
         image = image.convert("RGB")
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         if boxes.shape[0] == 0:
             raise ValueError("boxes: no candidate regions")
-        if not sentences:
-            raise ValueError("sentences: expected at least one expression")
-        masks = (self.mask_fn(image, boxes) if self.mask_fn is not None
-                 else boxes_to_masks(boxes, image.height, image.width))
+        masks = self.masks(image, boxes) if masks is None else masks
         blurred = None
         if "blur" in self.views:
             r = self.blur_radius if self.blur_radius is not None else max(1.0, 0.04 * max(image.size))
             blurred = image.filter(ImageFilter.GaussianBlur(r))
-        total = torch.zeros(len(sentences), boxes.shape[0])
-        for (model, tokenizer), tf in zip(self.models, self._transforms):
-            text = text_classifier(model, tokenizer, list(sentences), (self.template,))
+        out = []
+        for tf in self._transforms:
             pix, alpha = tf(image, masks)
+            out.append((pix, alpha, tf(blurred, None)[0] if blurred is not None else None))
+        return out
+
+    @torch.no_grad()
+    def score_prepared(self, prepared: Sequence[Tuple[torch.Tensor, ...]], sentences: Sequence[str]) -> torch.Tensor:
+        """Ensemble cosine ``[S, N]`` of S sentences against the regions of :meth:`prepare`'s output."""
+        if not sentences:
+            raise ValueError("sentences: expected at least one expression")
+        total: Optional[torch.Tensor] = None
+        for (model, tokenizer), (pix, alpha, pix_blur) in zip(self.models, prepared):
+            text = text_classifier(model, tokenizer, list(sentences), (self.template,))
+            part = torch.zeros(len(sentences), alpha.shape[0])
             if "image" in self.views:
-                total += score_regions(model, pix, alpha, text, self.batch_size).T.cpu()
-            if blurred is not None:
-                pix_blur, _ = tf(blurred, None)
+                part += score_regions(model, pix, alpha, text, self.batch_size).T.cpu()
+            if pix_blur is not None:
                 a01 = alpha * ALPHA_STD + ALPHA_MEAN            # back to [0, 1] at model resolution
                 composite = a01 * pix + (1 - a01) * pix_blur     # region sharp, background blurred
-                total += score_regions(model, composite, alpha, text, self.batch_size).T.cpu()
+                part += score_regions(model, composite, alpha, text, self.batch_size).T.cpu()
+            total = part if total is None else total + part
+        assert total is not None
         return total / (len(self.models) * len(self.views))
+
+    @torch.no_grad()
+    def score(self, image: Image.Image, boxes: Any, sentences: Sequence[str]) -> torch.Tensor:
+        """Ensemble cosine ``[S, N]`` of S sentences against the N candidate boxes (xyxy pixels) of ``image``."""
+        if not sentences:
+            raise ValueError("sentences: expected at least one expression")
+        return self.score_prepared(self.prepare(image, boxes), sentences)
 
 
 def sam_box_masks(predictor: Any) -> MaskFn:
@@ -318,70 +349,121 @@ def sam_box_masks(predictor: Any) -> MaskFn:
     return fn
 
 
+class _Images(torch.utils.data.Dataset):
+    """The CPU side of :func:`evaluate_rec`, run in DataLoader workers: decode an image, clip its candidates
+    and, when the masks need no model (no ``mask_fn``), prepare the model inputs (:meth:`RecScorer.prepare`)."""
+
+    def __init__(self, jobs: Sequence[Tuple[str, Path, Any, np.ndarray]], scorer: RecScorer) -> None:
+        self.jobs, self.scorer = list(jobs), scorer
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, n: int) -> Dict[str, Any]:
+        key, path, image_id, cands = self.jobs[n]
+        item: Dict[str, Any] = {"key": key}
+        try:
+            image = Image.open(path).convert("RGB")
+            # candidates clipped to the image; degenerate ones (no pixel left) cannot be scored
+            cands = np.asarray(cands, dtype=np.float64).reshape(-1, 4).copy()
+            cands[:, 0::2] = cands[:, 0::2].clip(0, image.width)
+            cands[:, 1::2] = cands[:, 1::2].clip(0, image.height)
+            item["cands"] = cands = cands[(cands[:, 2] > cands[:, 0]) & (cands[:, 3] > cands[:, 1])]
+            if len(cands) and self.scorer.mask_fn is None:
+                item["prepared"] = self.scorer.prepare(image, cands)
+            elif len(cands):
+                item["image"] = image
+        except (ValueError, OSError) as e:
+            item["error"] = f"image {image_id} ({path}): {e}"
+        return item
+
+
+def _first(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
+    return batch[0]
+
+
 def evaluate_rec(samples: Sequence[RecSample], scorer: RecScorer, iou_threshold: float = 0.5,
                  proposals: Optional[Dict[str, np.ndarray]] = None, state_path: Any = None,
-                 progress: bool = True) -> Dict[str, Dict[str, float]]:
+                 progress: bool = True, *, num_workers: int = 0, settings: Optional[Dict[str, Any]] = None,
+                 restart: bool = False) -> Dict[str, Dict[str, float]]:
     """Accuracy at IoU >= ``iou_threshold`` per split, counting every expression.
 
     Samples of the same image share one scoring pass. With ``proposals``, an image's candidates are its
     proposal boxes (an image without proposals raises ValueError). Candidates are clipped to the image and
     degenerate ones dropped; an image left without candidates counts its expressions as wrong.
-    ``state_path``: JSONL of finished images (one line per image) so an interrupted run resumes.
+
+    Args:
+        state_path: JSONL of finished images (one line per image, after a first line with the run's
+            settings: the samples, proposals, threshold, :meth:`RecScorer.settings` and ``settings``) so an
+            interrupted run resumes; a file written with other settings is refused
+            (:class:`~alphaclip_train.eval.resume.SettingsMismatch`) unless ``restart`` (moved aside).
+        num_workers: DataLoader workers that decode images and prepare the model inputs (with a
+            ``mask_fn``, e.g. SAM, masks are made in this process and workers only decode).
+        settings: extra settings to record (the CLI's model names, checkpoints, SAM weights).
     Returns ``{split: {"n": expressions, "correct": .., "accuracy": percent}}``.
     """
     groups: "OrderedDict[Any, List[RecSample]]" = OrderedDict()
     for s in samples:
         groups.setdefault(str(s.image_id) if proposals is not None else (str(s.image_id), s.candidates.tobytes()),
                           []).append(s)
+    keys = {key: json.dumps(key if isinstance(key, str) else [key[0], key[1].hex()]) for key in groups}
     done: Dict[str, List[Tuple[str, bool]]] = {}
-    state = Path(state_path) if state_path else None
-    if state is not None and state.is_file():
-        for line in state.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                done[rec["key"]] = [tuple(x) for x in rec["hits"]]
-    fh = state.open("a") if state is not None else None
+    log = None
+    if state_path:
+        run = {"task": "rec", "iou_threshold": iou_threshold, "scorer": scorer.settings(), "run": dict(settings or {}),
+               "proposals": None if proposals is None else json_digest({k: np.asarray(v).tolist()
+                                                                          for k, v in proposals.items()}),
+               "samples": json_digest([[s.image.name, str(s.image_id), s.split, list(s.sentences), s.target.tolist(),
+                                        s.candidates.tolist()] for s in samples])}
+        log = ResumeLog(state_path, run, restart=restart)
+        done = {r["key"]: [tuple(x) for x in r["hits"]] for r in log.records}
+    jobs = []
+    for key, group in groups.items():
+        if keys[key] in done:
+            continue
+        if proposals is not None:
+            if str(group[0].image_id) not in proposals:
+                raise ValueError(f"proposals: no boxes for image {group[0].image_id}")
+            cands = proposals[str(group[0].image_id)]
+        else:
+            cands = group[0].candidates
+        jobs.append((keys[key], group[0].image, group[0].image_id, cands))
+    by_key = {keys[k]: g for k, g in groups.items()}
+    loader = torch.utils.data.DataLoader(_Images(jobs, scorer), batch_size=1, num_workers=num_workers,
+                                         collate_fn=_first, prefetch_factor=4 if num_workers else None)
     from tqdm import tqdm
 
+    bar = tqdm(total=len(groups), initial=len(groups) - len(jobs), desc="REC", unit="img", disable=not progress)
     try:
-        for key, group in tqdm(groups.items(), desc="REC", disable=not progress):
-            skey = json.dumps(key if isinstance(key, str) else [key[0], key[1].hex()])
-            if skey in done:
-                continue
-            if proposals is not None:
-                if str(group[0].image_id) not in proposals:
-                    raise ValueError(f"proposals: no boxes for image {group[0].image_id}")
-                cands = proposals[str(group[0].image_id)]
-            else:
-                cands = group[0].candidates
-            image = Image.open(group[0].image).convert("RGB")
+        for item in loader:
+            if "error" in item:
+                raise ValueError(item["error"])
+            group = by_key[item["key"]]
             sents = [t for s in group for t in s.sentences]
             owner = [s for s in group for _ in s.sentences]
-            # candidates clipped to the image; degenerate ones (no pixel left) cannot be scored
-            cands = np.asarray(cands, dtype=np.float64).reshape(-1, 4).copy()
-            cands[:, 0::2] = cands[:, 0::2].clip(0, image.width)
-            cands[:, 1::2] = cands[:, 1::2].clip(0, image.height)
-            cands = cands[(cands[:, 2] > cands[:, 0]) & (cands[:, 3] > cands[:, 1])]
+            cands = item["cands"]
             hits = []
             if len(cands) == 0 or not sents:
                 logger.warning("image %s: no usable candidate box; its %d expressions count as wrong",
                                group[0].image_id, len(sents))
                 hits = [(s.split, False) for s in owner]
             else:
-                scores = scorer.score(image, cands, sents)             # [S, N]
+                prepared = item["prepared"] if "prepared" in item else scorer.prepare(item["image"], cands)
+                scores = scorer.score_prepared(prepared, sents)             # [S, N]
                 best = cands[scores.argmax(1).numpy()]
                 for b, s in zip(best, owner):
                     hits.append((s.split, bool(box_iou(b, s.target)[0, 0] >= iou_threshold)))
-            done[skey] = hits
-            if fh is not None:
-                fh.write(json.dumps({"key": skey, "hits": hits}) + "\n")
-                fh.flush()
+            done[item["key"]] = hits
+            if log is not None:
+                log.append({"key": item["key"], "hits": hits})
+            bar.update(1)
     finally:
-        if fh is not None:
-            fh.close()
+        bar.close()
+        if log is not None:
+            log.close()
     counts: Dict[str, List[int]] = defaultdict(lambda: [0, 0])
-    for hits in done.values():
-        for split, ok in hits:
+    for key in groups:
+        for split, ok in done[keys[key]]:
             counts[split][0] += 1
             counts[split][1] += int(ok)
     return {split: {"n": n, "correct": c, "accuracy": 100.0 * c / n} for split, (n, c) in sorted(counts.items())}
