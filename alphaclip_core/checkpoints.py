@@ -372,8 +372,13 @@ def _unwrap(obj: object, path: Path) -> Dict[str, torch.Tensor]:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for lines), or its type."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    cut = line.find(". ", 40)
+    return line[:cut + 1] if cut > 0 else line
 
 
 def _check_file(path: Path, arg: str) -> None:
@@ -395,16 +400,20 @@ def load_pickled(path: PathLike, arg: str = "checkpoint") -> object:
     names = _zip_names(path)
     if names is not None and _is_torchscript(names):
         raise CheckpointError(f"{arg}: {path} is a TorchScript archive, not a torch.save file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{arg}: {path} is empty (0 bytes); expected a weights file")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower() or "unsupported global" in str(e).lower():
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found or "unsupported global" in str(e).lower():
+            what = f"the object {found.group(1)}" if found else "objects"
             raise CheckpointError(
-                f"{arg}: {path} holds objects other than tensors and plain containers; refusing to unpickle it "
+                f"{arg}: {path} holds {what}, not only tensors and plain containers; refusing to unpickle it "
                 f"(weights_only=True). Re-save it as a plain state dict or safetensors."
             ) from e
-        raise CheckpointError(f"{arg}: {path} is not a readable PyTorch/safetensors checkpoint "
-                              f"(corrupt or truncated?): {_first_line(e)}") from e
+        raise CheckpointError(f"{arg}: {path} is not a readable PyTorch checkpoint (not a torch.save file, or "
+                              "corrupt)") from e
     except Exception as e:  # torch/zipfile/struct errors on corrupt input
         raise CheckpointError(f"{arg}: {path} is not a readable PyTorch/safetensors checkpoint "
                               f"(corrupt or truncated?): {_first_line(e)}") from e
@@ -601,7 +610,10 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     os.close(fd)
     try:
         try:
@@ -659,7 +671,10 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp"))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
     try:
         try:
             yield tmp

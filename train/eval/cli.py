@@ -78,8 +78,10 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 
     from .locate import locate, render
 
-    image = Image.open(args.image).convert("RGB")
-    masks = [np.asarray(Image.open(m).convert("L")) > 127 for m in args.mask] or None
+    from alphaclip_core.alpha import open_image
+
+    image = open_image(args.image, "image")
+    masks = [np.asarray(open_image(m, "--mask", mode="L")) > 127 for m in args.mask] or None
     boxes = args.box or None
     generator = None
     if masks is None and boxes is None:
