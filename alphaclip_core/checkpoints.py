@@ -388,6 +388,31 @@ def _check_file(path: Path, arg: str) -> None:
         raise FileNotFoundError(f"{arg}: no such file: {path}")
 
 
+def _foreign_global(path: Path) -> Optional[str]:
+    """The first class or function a (non-zip) pickle file names outside torch's tensor machinery, found
+    by listing its opcodes (``pickletools.genops`` runs nothing); None if there is none or it does not parse.
+    Only for error messages: torch's weights-only reader stops at some opcodes before it sees the name."""
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64 << 20)
+        strings: List[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if isinstance(arg, str):
+                strings.append(arg)
+            name = None
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                name = arg.replace(" ", ".")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and not name.startswith(("torch.", "collections.OrderedDict")):
+                return name
+    except Exception:  # noqa: BLE001 - not a pickle we can list: no name to report
+        return None
+    return None
+
+
 def load_pickled(path: PathLike, arg: str = "checkpoint") -> object:
     """Read a ``torch.save`` file with ``torch.load(weights_only=True)`` (tensors, plain containers,
     numbers and strings only), on the CPU, with errors that name ``arg`` and the file.
@@ -406,8 +431,9 @@ def load_pickled(path: PathLike, arg: str = "checkpoint") -> object:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        if found or "unsupported global" in str(e).lower():
-            what = f"the object {found.group(1)}" if found else "objects"
+        name = found.group(1) if found else _foreign_global(path)
+        if name or "unsupported global" in str(e).lower():
+            what = f"the object {name}" if name else "objects"
             raise CheckpointError(
                 f"{arg}: {path} holds {what}, not only tensors and plain containers; refusing to unpickle it "
                 f"(weights_only=True). Re-save it as a plain state dict or safetensors."
