@@ -599,7 +599,8 @@ def decode_image_bytes(data: bytes, what: str = "image", mode: str = "RGB") -> I
         raise InputError(f"{what}: {e}; if you trust the file set {MAX_PIXELS_ENV} to a larger pixel count "
                          "(0 = no limit)") from None
     except UnidentifiedImageError:
-        raise InputError(f"{what}: not an image (PIL cannot identify the format)") from None
+        raise InputError(f"{what}: not an image PIL can read (an unknown format, or a broken header such as a "
+                         "0x0 size)") from None
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for bad data

@@ -366,7 +366,8 @@ def _report(e: BaseException, debug: bool) -> int:
         traceback.print_exception(type(e), e, e.__traceback__)
     elif code == 1 and message.endswith("report it)"):
         logger.debug("unexpected error", exc_info=e)
-    print(f"error: {message}", file=sys.stderr)
+    # one line: a message that suggests a command on its own line keeps it, joined
+    print("error: " + " ".join(part.strip() for part in message.splitlines() if part.strip()), file=sys.stderr)
     return code
 
 

@@ -109,8 +109,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from alphaclip_core.regions import classify_regions
     from alphaclip_core.viz import overlay_regions
 
+    from alphaclip_core.cli import check_device
+
     from .synthetic import LABELS, demo_scene, load_tiny
 
+    check_device(args.device)
     model, tokenizer = load_tiny(args.device)
     image, masks, truth, _ = demo_scene()
     scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}."])
