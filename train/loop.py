@@ -472,8 +472,13 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 empty_run += [b["index"] for b in micro]
                 empty_reasons += [r for b in micro for r in b["reasons"]][:max(0, 3 - len(empty_reasons))]
                 if len(empty_run) >= cfg.max_empty_batches * cfg.accum:
+                    if world > 1:  # every rank stops here together; name the problems any rank saw
+                        seen_by: List[Any] = [None] * world
+                        dist.all_gather_object(seen_by, empty_reasons)
+                        empty_reasons = [r for rs in seen_by for r in rs][:3]
                     raise InputError(
-                        f"data: {len(empty_run)} batches in a row (batches {empty_run[0]}..{empty_run[-1]}) had no "
+                        f"data: {len(empty_run)} batch{'es' if len(empty_run) > 1 else ''} in a row (batch "
+                        f"{empty_run[0]}{f'..{empty_run[-1]}' if len(empty_run) > 1 else ''}) had no "
                         f"usable sample; is the data readable? First problems: {'; '.join(empty_reasons) or 'none'}"
                         f" (--max-empty-batches {cfg.max_empty_batches} steps without a sample are tolerated)")
                 logger.warning("step %d: batch %s had no usable sample; skipped (%d in a row)", step + 1,
