@@ -635,22 +635,12 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     ``path``, whatever library did the writing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_beside(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    os.close(fd)
-    try:
-        try:
+        with _disk_errors_named(path):
             write(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        except Exception as e:
-            disk = disk_error(path, e)
-            if disk is not None:
-                raise disk from e
-            raise
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -658,6 +648,31 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def _temp_beside(path: Path, folder: bool = False) -> str:
+    """A new temporary file (or folder) next to ``path``, ``.<name>.<random>.tmp``; errors name ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if folder:
+            return tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp")
+        os.close(fd)
+        return tmp
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+
+
+@contextlib.contextmanager
+def _disk_errors_named(path: Path) -> Iterator[None]:
+    """Re-raise a write that failed for lack of space or rights as an ``OSError`` naming ``path``."""
+    try:
+        yield
+    except Exception as e:
+        disk = disk_error(path, e)
+        if disk is not None:
+            raise disk from e
+        raise
 
 
 def remove_stale_temp_files(folder: PathLike, name: Optional[str] = None) -> List[Path]:
@@ -696,23 +711,14 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(_temp_beside(path, folder=True))
     try:
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp"))
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(path)) from e
-    try:
-        try:
+        with _disk_errors_named(path):
             yield tmp
-        except Exception as e:
-            disk = disk_error(path, e)
-            if disk is not None:
-                raise disk from e
-            raise
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=_temp_prefix(path.name), suffix=".tmp"))
+            old = Path(_temp_beside(path, folder=True))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
