@@ -228,8 +228,11 @@ def test_full_disk_is_said_in_words_and_leaves_nothing_half_written(fx, capsys, 
     import safetensors.torch
     from safetensors import SafetensorError
 
-    monkeypatch.setattr(safetensors.torch, "save_file", _fail_write(
-        SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")))
+    full = _fail_write(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    if to == "hf":  # transformers keeps its own reference to safetensors' writer
+        import transformers.modeling_utils
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
     monkeypatch.setattr(torch, "save", _fail_write(OSError(errno.ENOSPC, "No space left on device")))
     out = tmp_path / "out" / ("x.pth" if to == "reference" else "x.safetensors" if to == "open_clip" else "x")
     rc, err = run(["convert", fx / "alpha.pth", "--base", fx / "base.pt", "--arch", TINY, "--to", to, "-o", out],
