@@ -22,7 +22,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from .errors import InputError, closest, describe_error
 
@@ -334,7 +334,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ``ALPHACLIP_DEBUG=1`` the traceback is printed first.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    debug = "--debug" in argv or _debug_env()
     argv = [a for a in argv if a != "--debug"]
     try:
         parser = build_parser()
@@ -344,8 +344,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # noqa: BLE001 - a subcommand module that fails to register
         return _report(e, debug)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return guarded(lambda: args.func(args), debug)
+
+
+def guarded(run: Callable[[], Optional[int]], debug: Optional[bool] = None) -> int:
+    """Call ``run()`` behind the command line's error boundary; returns the exit code.
+
+    For other entry points of the same commands (``python -m alphaclip_train.pseudolabel``, the
+    benchmark scripts): any exception becomes one ``error: ...`` line and exit code 2 or 1, as in
+    :func:`main`. ``debug`` defaults to ``ALPHACLIP_DEBUG``.
+    """
+    if debug is None:
+        debug = _debug_env()
     try:
-        return int(args.func(args) or 0)
+        return int(run() or 0)
     except SystemExit as e:
         if isinstance(e.code, str):  # raise SystemExit("error: ...") inside a command: a usage error
             msg = e.code[len("error:"):].strip() if e.code.startswith("error:") else e.code
@@ -355,9 +367,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 2
         raise
     except BaseException as e:  # noqa: BLE001 - the boundary: no traceback for the user unless asked
-        if not isinstance(e, Exception) and not isinstance(e, KeyboardInterrupt):
+        if not isinstance(e, (Exception, KeyboardInterrupt)):
             raise
         return _report(e, debug)
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _report(e: BaseException, debug: bool) -> int:

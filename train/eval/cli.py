@@ -330,7 +330,9 @@ def _standalone(add, run, argv: Optional[Sequence[str]], prog: str) -> int:
     add(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return run(args)
+    from alphaclip_core.cli import guarded
+
+    return guarded(lambda: run(args))  # one-line errors, as `alphaclip eval`
 
 
 def imagenet_s_main(argv: Optional[Sequence[str]] = None) -> int:
