@@ -103,10 +103,10 @@ def check_model_name(name: str, arg: str = "--model") -> str:
     if name in known:
         return name
     near = closest(name, known)
-    alpha = [n for n in known if n.startswith("alpha-")]
     hint = f"did you mean {' or '.join(near)}? " if near else ""
-    raise InputError(f"{arg}: unknown model {name!r}; {hint}Alpha-CLIP models: {', '.join(alpha)} "
-                     "(any open_clip model name, local-dir:FOLDER or hf-hub:NAME also works)")
+    raise InputError(f"{arg}: unknown model {name!r}; {hint}(`alphaclip info` lists the "
+                     f"{sum(n.startswith('alpha-') for n in known)} alpha-<name> models; local-dir:FOLDER and "
+                     "hf-hub:NAME work too)")
 
 
 def load_model(args: argparse.Namespace):

@@ -8,8 +8,10 @@ import json
 import os
 import pickle
 import re
+import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -229,10 +231,15 @@ def test_full_disk_is_said_in_words_and_leaves_nothing_half_written(fx, capsys, 
     from safetensors import SafetensorError
 
     full = _fail_write(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
-    monkeypatch.setattr(safetensors.torch, "save_file", full)
-    if to == "hf":  # transformers keeps its own reference to safetensors' writer
-        import transformers.modeling_utils
-        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", full)
+    real = safetensors.torch.save_file
+    if to == "hf":  # a first real save imports transformers' writers, which keep their own reference
+        from alphaclip_integrations.hf import convert_to_hf
+        convert_to_hf(open_clip.create_model(TINY), tmp_path / "warm")
+        shutil.rmtree(tmp_path / "warm")
+    for module in list(sys.modules.values()):  # every reference to safetensors' writer
+        for name, value in list(getattr(module, "__dict__", {}).items()):
+            if value is real:
+                monkeypatch.setattr(module, name, full)
     monkeypatch.setattr(torch, "save", _fail_write(OSError(errno.ENOSPC, "No space left on device")))
     out = tmp_path / "out" / ("x.pth" if to == "reference" else "x.safetensors" if to == "open_clip" else "x")
     rc, err = run(["convert", fx / "alpha.pth", "--base", fx / "base.pt", "--arch", TINY, "--to", to, "-o", out],
