@@ -99,9 +99,12 @@ def check_model_name(name: str, arg: str = "--model") -> str:
                              "`alphaclip convert --to local-dir` or `alphaclip train` write)"
                              + ("" if folder.is_dir() else f"; {folder} does not exist"))
         return name
+    try:
+        if open_clip.get_model_config(name) is not None:  # also alpha-<name> for any ViT config, listed or not
+            return name
+    except ValueError as e:  # alpha-<name> of a tower that cannot take an alpha conv (ResNet, ConvNeXt...)
+        raise InputError(f"{arg}: {e}") from None
     known = open_clip.list_models()
-    if name in known:
-        return name
     near = closest(name, known)
     hint = f"did you mean {' or '.join(near)}? " if near else ""
     raise InputError(f"{arg}: unknown model {name!r}; {hint}(`alphaclip info` lists the "
@@ -127,13 +130,13 @@ def load_model(args: argparse.Namespace):
         raise InputError(f"--checkpoint: {args.checkpoint} is a folder; expected a weights file (for an open_clip "
                          f"folder use --model local-dir:{args.checkpoint})")
     else:
-        tags = open_clip.list_pretrained_tags_by_model(args.model)
-        if args.checkpoint not in tags:
+        cfg = open_clip.factory.get_pretrained_cfg(args.model, args.checkpoint)  # alpha-<name>: <name>'s tags too
+        if not cfg:
             if os.sep in args.checkpoint or Path(args.checkpoint).suffix:
                 raise FileNotFoundError(f"--checkpoint: no such file: {args.checkpoint}")
+            tags = open_clip.list_pretrained_tags_by_model(args.model)
             raise InputError(f"--checkpoint: {args.checkpoint!r} is neither a file nor a pretrained tag of "
                              f"{args.model} (its tags: {', '.join(tags) if tags else 'none'})")
-        cfg = open_clip.get_pretrained_cfg(args.model, args.checkpoint)
         try:
             cfg["file"]  # a local tag (released Alpha-CLIP) says here which file to fetch and how to convert it
         except FileNotFoundError as e:
