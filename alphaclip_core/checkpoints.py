@@ -29,21 +29,18 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .errors import InputError, disk_error
 
-if TYPE_CHECKING:
-    import numpy as np
-
 __all__ = [
     "CheckpointError", "VisionArch", "KNOWN_ARCHS", "TIMM_PATCH_KEY", "TIMM_ALPHA_KEY", "ALPHA_KEYS", "read_state_dict", "detect_format",
     "reference_to_open_clip", "rename_reference_keys", "open_clip_to_reference", "vision_arch", "load_state_dict_checked",
     "load_alpha_clip", "save_safetensors", "save_reference", "atomic_write", "atomic_folder", "describe",
-    "load_pickled", "load_npy", "remove_stale_temp_files",
+    "load_pickled", "remove_stale_temp_files",
 ]
 
 logger = logging.getLogger(__name__)
@@ -726,26 +723,6 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def load_npy(path: PathLike, arg: str) -> "np.ndarray":
-    """``np.load`` of a ``.npy`` file with ``allow_pickle=False`` and errors naming ``arg`` and the file."""
-    import numpy as np
-
-    path = Path(path)
-    _check_file(path, arg)
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise InputError(f"{arg}: {path} holds Python objects (an object array); refusing to unpickle it. "
-                             "Save a numeric array (np.save of a float array)") from None
-        raise InputError(f"{arg}: {path} is not a readable .npy file: {_first_line(e)}") from None
-    except (OSError, EOFError) as e:
-        raise InputError(f"{arg}: {path} is not a readable .npy file: {_first_line(e)}") from None
-    if not isinstance(arr, np.ndarray):
-        raise InputError(f"{arg}: {path} is an .npz archive; expected one array in a .npy file")
-    return arr
 
 
 def _cpu_contiguous(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

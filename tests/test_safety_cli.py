@@ -198,10 +198,11 @@ def test_eval_and_pseudolabel_inputs(fx, capsys, tmp_path):
     argv = ["pseudolabel", "--dataset", tmp_path / "d.json", "--image-root", tmp_path, "--candidates",
             tmp_path / "d.json", "--out-dir", tmp_path / "pl"] + model
     rc, err = run(argv + ["--text-features", tmp_path / "obj.npy"], capsys)
-    assert_error(rc, err, 2, r"^error: --text-features: .*obj\.npy holds Python objects \(an object array\); refusing")
+    assert_error(rc, err, 2, r"^error: --text-features: .*obj\.npy is not a plain numeric \.npy array \(Object arrays "
+                             r"cannot be loaded when allow_pickle=False\)")
     (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY junk")
     rc, err = run(argv + ["--text-features", tmp_path / "bad.npy"], capsys)
-    assert_error(rc, err, 2, r"^error: --text-features: .*bad\.npy is not a readable \.npy file")
+    assert_error(rc, err, 2, r"^error: --text-features: .*bad\.npy is not a plain numeric \.npy array")
     rc, err = run(["locate", fx / "scene.png", "a thing"] + model, capsys)  # a SystemExit("error: ...") inside
     assert_error(rc, err, 2, r"^error: give --box/--mask regions or --sam-checkpoint")
 

@@ -17,7 +17,7 @@ from PIL import Image
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core import prepare
 from alphaclip_core.alpha import decode_image_bytes, open_image, to_8bit
-from alphaclip_core.checkpoints import CheckpointError, atomic_folder, load_npy
+from alphaclip_core.checkpoints import CheckpointError, atomic_folder
 from alphaclip_core.errors import InputError, RunError, closest, describe_error
 
 TINY = "alpha-ViT-Tiny-8"
@@ -110,19 +110,6 @@ def test_atomic_folder_replaces_or_leaves_alone(tmp_path):
     with pytest.raises(InputError, match="exists and is not a folder"):
         with atomic_folder(tmp_path / "file"):
             pass
-
-
-def test_load_npy_names_the_file(tmp_path):
-    np.save(tmp_path / "ok.npy", np.eye(3, dtype=np.float32))
-    assert np.array_equal(load_npy(tmp_path / "ok.npy", "--text-features"), np.eye(3))
-    np.save(tmp_path / "obj.npy", np.array([None, {}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match=r"^--text-features: .*obj\.npy holds Python objects"):
-        load_npy(tmp_path / "obj.npy", "--text-features")
-    with pytest.raises(FileNotFoundError, match=r"^--text-features: no such file"):
-        load_npy(tmp_path / "nope.npy", "--text-features")
-    np.savez(tmp_path / "two.npz", a=np.ones(2))
-    with pytest.raises(InputError, match="is an .npz archive"):
-        load_npy(tmp_path / "two.npz", "--text-features")
 
 
 def test_error_vocabulary_and_exit_codes():
