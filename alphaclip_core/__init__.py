@@ -1,12 +1,14 @@
 """alphaclip_core: Alpha-CLIP, framework-neutral.
 
 The alpha vision tower and model (:mod:`.model`), alpha maps and the paired image+alpha transform
-(:mod:`.alpha`), weight formats (:mod:`.checkpoints`), region tasks (:mod:`.regions`) and
-overlay pictures (:mod:`.viz`).
+(:mod:`.alpha`), weight formats (:mod:`.checkpoints`), region tasks (:mod:`.regions`),
+overlay pictures (:mod:`.viz`) and the errors the package raises on purpose (:mod:`.errors`).
 """
-from .alpha import (ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, normalize_alpha, polygons_to_masks,
-                    prepare, region_masks, rle_decode, rle_encode, rle_to_masks, to_masks, whole_image_alpha)
+from .alpha import (ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, normalize_alpha, open_image,
+                    polygons_to_masks, prepare, region_masks, rle_decode, rle_encode, rle_to_masks, to_masks,
+                    whole_image_alpha)
 from .checkpoints import CheckpointError, describe, load_alpha_clip, read_state_dict, save_reference, save_safetensors
+from .errors import InputError, RunError
 from .model import (WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaCustomTextCLIP, AlphaModel, AlphaTimmModel,
                     AlphaVisionTransformer, add_alpha, alpha_tower)
 from .regions import RegionScores, classify_regions, score_regions, text_classifier
@@ -19,5 +21,5 @@ __all__ = [
     "rle_to_masks", "region_masks", "AlphaCLIP", "AlphaCustomTextCLIP", "AlphaModel", "AlphaVisionTransformer",
     "AlphaTimmModel", "add_alpha", "alpha_tower", "CheckpointError",
     "read_state_dict", "load_alpha_clip", "save_safetensors", "save_reference", "describe", "RegionScores",
-    "classify_regions", "score_regions", "text_classifier", "__version__",
+    "classify_regions", "score_regions", "text_classifier", "open_image", "InputError", "RunError", "__version__",
 ]

@@ -14,15 +14,20 @@ mask but centre-crops the image, which misaligns them on non-square images).
 """
 from __future__ import annotations
 
+import io
 import numbers
+import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, UnidentifiedImageError
 from torchvision.transforms import InterpolationMode
+
+from .errors import InputError
 
 __all__ = [
     "ALPHA_MEAN",
@@ -38,6 +43,10 @@ __all__ = [
     "region_masks",
     "PairedTransform",
     "prepare",
+    "to_8bit",
+    "decode_image_bytes",
+    "open_image",
+    "MAX_PIXELS_ENV",
 ]
 
 ALPHA_MEAN: float = 0.5
@@ -90,7 +99,7 @@ def _mask_array_to_tensor(m: Any) -> torch.Tensor:
                 f"mask: a PIL mask must be single-channel (mode '1', 'L', 'P', 'I' or 'F'), got mode "
                 f"{m.mode!r}; convert it with .convert('L')"
             )
-        m = np.array(m)
+        m = np.array(to_8bit(m, "L") if m.mode.startswith("I") else m)  # 16-bit masks: 65535 -> 255, not clipped
     if not isinstance(m, torch.Tensor):
         a = np.asarray(m)
         if a.dtype.kind in "iu" and a.dtype != np.uint8:
@@ -361,7 +370,7 @@ def region_masks(height: int, width: int, *, mask: Any = None, box: Any = None, 
 def _image_to_tensor(image: Any) -> torch.Tensor:
     """PIL / numpy HxWx3 / torch [3,H,W] or [B,3,H,W] (uint8 or float in [0,1]) -> float32 [B,3,H,W] in [0,1]."""
     if isinstance(image, Image.Image):
-        t = TF.pil_to_tensor(image.convert("RGB"))
+        t = TF.pil_to_tensor(to_8bit(image))  # 16-bit images scaled to 8 bits (PIL's convert would clip them)
     elif isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image: a numpy image must be HxWx3, got shape {image.shape}")
@@ -376,6 +385,9 @@ def _image_to_tensor(image: Any) -> torch.Tensor:
         raise TypeError(f"image must be a PIL image, numpy HxWx3 array or torch tensor, got {type(image).__name__}")
     if t.ndim == 3:
         t = t.unsqueeze(0)
+    if t.shape[-1] == 0 or t.shape[-2] == 0:
+        raise ValueError(f"image: has no pixels (height {t.shape[-2]}, width {t.shape[-1]}); expected an image of "
+                         "at least 1x1")
     if t.dtype == torch.uint8:
         return t.float() / 255.0
     if not t.is_floating_point():
@@ -525,3 +537,85 @@ def prepare(image: Any, mask: Any = None, box: Any = None, polygon: Any = None, 
     h, w = img.shape[-2:]
     masks = region_masks(h, w, mask=mask, box=box, polygon=polygon, rle=rle)
     return PairedTransform(size, mode, mean, std)(img, masks.to(img.device))
+
+
+# --------------------------------------------------------------------------- image files
+#: environment variable: the most pixels an image file may have (PIL's decompression-bomb guard);
+#: ``0`` lifts the limit. Unset: PIL's default (about 179 million pixels fail, 89 million warn).
+MAX_PIXELS_ENV = "ALPHACLIP_MAX_IMAGE_PIXELS"
+
+
+def _apply_pixel_limit() -> None:
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None or not value.strip():
+        return
+    try:
+        limit = int(value)
+    except ValueError:
+        raise InputError(f"{MAX_PIXELS_ENV}: expected a whole number of pixels (0 = no limit), got {value!r}") from None
+    # PIL fails above twice this value and warns above it; the user's number is where it should fail
+    Image.MAX_IMAGE_PIXELS = None if limit <= 0 else max(1, limit // 2)
+
+
+def to_8bit(image: Image.Image, mode: str = "RGB") -> Image.Image:
+    """An 8-bit ``RGB`` (or ``L``) copy of any PIL image, with the full range of deeper images kept.
+
+    PIL's own ``convert`` clips 16-bit grey (``I;16``, ``I``) to 255, which turns a 16-bit PNG
+    all white; here 16-bit images are scaled (65535 -> 255), 32-bit integer images likewise when
+    their values exceed 255, and float (``F``) images in [0, 1] are scaled by 255 (others clipped
+    to [0, 255]).
+    """
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode: expected 'RGB' or 'L', got {mode!r}")
+    if image.mode.startswith("I") or image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        hi = float(a.max()) if a.size else 0.0
+        if image.mode.startswith("I;16") or (image.mode == "I" and hi > 255):
+            a = a / 257.0 if hi <= 65535 else a * (255.0 / hi)
+        elif image.mode == "F" and hi <= 1.0:
+            a = a * 255.0
+        grey = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+        return grey if mode == "L" else grey.convert("RGB")
+    return image.convert(mode)
+
+
+def decode_image_bytes(data: bytes, what: str = "image", mode: str = "RGB") -> Image.Image:
+    """Decode an image file's bytes fully (a truncated file fails here, not later) to 8-bit ``mode``.
+
+    ``what`` names the input in errors (e.g. ``"--mask: a.png"``). Raises :class:`InputError` (a
+    ValueError) for empty bytes, bytes PIL cannot identify or decode (truncated, corrupt), images with
+    no pixels, and images above the decompression-bomb limit (``ALPHACLIP_MAX_IMAGE_PIXELS`` raises it).
+    """
+    if not data:
+        raise InputError(f"{what}: the file is empty (0 bytes); expected an image")
+    _apply_pixel_limit()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width == 0 or im.height == 0:
+                raise InputError(f"{what}: the image has no pixels ({im.width}x{im.height})")
+            im.load()
+            return to_8bit(im, mode)
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{what}: {e}; if you trust the file set {MAX_PIXELS_ENV} to a larger pixel count "
+                         "(0 = no limit)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{what}: not an image PIL can read (an unknown format, or a broken header such as a "
+                         "0x0 size)") from None
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError... for bad data
+        raise InputError(f"{what}: the image does not decode (truncated or corrupt?): {type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+
+
+def open_image(path: Any, arg: str = "image", mode: str = "RGB") -> Image.Image:
+    """Read and fully decode an image file to 8-bit ``RGB`` (or ``L`` for masks), see :func:`decode_image_bytes`.
+
+    Raises FileNotFoundError or :class:`InputError` naming ``arg`` and the file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{arg}: {path} is a folder; expected an image file")
+    if not path.is_file():
+        raise FileNotFoundError(f"{arg}: no such file: {path}")
+    return decode_image_bytes(path.read_bytes(), f"{arg}: {path}", mode)

@@ -5,6 +5,12 @@ Core subcommands: ``classify`` (regions of an image over labels, ranked table + 
 supported backbones). Other packages of this
 distribution add subcommands through :data:`COMMAND_MODULES`: each listed module has
 ``register(subparsers)`` and imports its heavy frameworks only inside its own command.
+
+Errors: :func:`main` is the one error boundary of every subcommand. Whatever a command raises ends
+as one line ``error: <what>: <why>`` on stderr and exit code 2 (bad input: an
+:class:`~alphaclip_core.errors.InputError`, a ValueError, a missing file, an unreadable image...) or
+1 (the run could not go on: disk full, read-only output, ...); ``--debug`` (anywhere on the command
+line) or ``ALPHACLIP_DEBUG=1`` also prints the traceback. See ``docs/errors.md``.
 """
 from __future__ import annotations
 
@@ -12,11 +18,18 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
+
+from .errors import InputError, closest, describe_error
 
 logger = logging.getLogger("alphaclip")
+
+#: environment variable: ``1`` prints the traceback of any error (as ``--debug`` does)
+DEBUG_ENV = "ALPHACLIP_DEBUG"
 
 #: modules that add subcommands (skipped when their optional dependencies are absent)
 COMMAND_MODULES: List[str] = [
@@ -43,21 +56,105 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+def check_device(device: str, arg: str = "--device"):
+    """``torch.device(device)`` after checking this machine has it: an :class:`InputError` naming ``arg``
+    for a string that is not a device, CUDA without a GPU (or an index past the last GPU), MPS without
+    Apple's backend."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InputError(f"{arg}: {device!r} is not a torch device; expected cpu, cuda, cuda:N, mps, ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{arg}: {device}: this machine has no usable CUDA GPU (torch.cuda.is_available() is "
+                             "False); use --device cpu")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"{arg}: {device}: this machine has {n} CUDA device(s): cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"{arg}: {device}: the MPS backend is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "meta"):
+        backend = getattr(torch, dev.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise InputError(f"{arg}: {device}: this machine has no {dev.type} device; use --device cpu")
+    return dev
+
+
+def check_model_name(name: str, arg: str = "--model") -> str:
+    """Check ``name`` is an open_clip model (after the alpha configs are registered) or ``local-dir:``
+    / ``hf-hub:``; an unknown name is an :class:`InputError` suggesting the closest registered names."""
+    import open_clip
+
+    import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
+
+    if name.startswith("hf-hub:"):
+        return name
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise InputError(f"{arg}: {name}: expected a folder holding open_clip_config.json (as "
+                             "`alphaclip convert --to local-dir` or `alphaclip train` write)"
+                             + ("" if folder.is_dir() else f"; {folder} does not exist"))
+        return name
+    try:
+        if open_clip.get_model_config(name) is not None:  # also alpha-<name> for any ViT config, listed or not
+            return name
+    except ValueError as e:  # alpha-<name> of a tower that cannot take an alpha conv (ResNet, ConvNeXt...)
+        raise InputError(f"{arg}: {e}") from None
+    known = open_clip.list_models()
+    near = closest(name, known)
+    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    raise InputError(f"{arg}: unknown model {name!r}; {hint}(`alphaclip info` lists the "
+                     f"{sum(n.startswith('alpha-') for n in known)} alpha-<name> models; local-dir:FOLDER and "
+                     "hf-hub:NAME work too)")
+
+
 def load_model(args: argparse.Namespace):
     """Build the model the shared options describe: ``(model, tokenizer)``, model in eval mode."""
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc  # registers the alpha configs (lazy: see module docstring)
 
+    check_device(args.device)
+    check_model_name(args.model)
     if args.model.startswith("local-dir:"):
         model = open_clip.create_model(args.model, device=args.device)
-    elif args.checkpoint and Path(args.checkpoint).is_file():
+    elif not args.checkpoint:
+        raise InputError("--checkpoint: required (a weights file or a pretrained tag), or use --model local-dir:FOLDER")
+    elif Path(args.checkpoint).is_file():
         model, _ = aoc.load(args.model, args.checkpoint, args.base, device=args.device)
-    elif args.checkpoint:
-        model = open_clip.create_model(args.model, pretrained=args.checkpoint, device=args.device)
+    elif Path(args.checkpoint).is_dir():
+        raise InputError(f"--checkpoint: {args.checkpoint} is a folder; expected a weights file (for an open_clip "
+                         f"folder use --model local-dir:{args.checkpoint})")
     else:
-        raise SystemExit("error: --checkpoint is required (or --model local-dir:FOLDER)")
+        cfg = open_clip.factory.get_pretrained_cfg(args.model, args.checkpoint)  # alpha-<name>: <name>'s tags too
+        if not cfg:
+            if os.sep in args.checkpoint or Path(args.checkpoint).suffix:
+                raise FileNotFoundError(f"--checkpoint: no such file: {args.checkpoint}")
+            tags = open_clip.list_pretrained_tags_by_model(args.model)
+            raise InputError(f"--checkpoint: {args.checkpoint!r} is neither a file nor a pretrained tag of "
+                             f"{args.model} (its tags: {', '.join(tags) if tags else 'none'})")
+        try:
+            cfg["file"]  # a local tag (released Alpha-CLIP) says here which file to fetch and how to convert it
+        except FileNotFoundError as e:
+            raise InputError(f"--checkpoint: {e}") from None
+        except KeyError:
+            pass
+        model = open_clip.create_model(args.model, pretrained=args.checkpoint, device=args.device)
     return model.eval(), open_clip.get_tokenizer(args.model)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def _parse_box(text: str) -> List[float]:
@@ -76,12 +173,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     import numpy as np
     from PIL import Image
 
-    from .alpha import region_masks
+    from .alpha import open_image, region_masks
     from .regions import classify_regions
     from .viz import overlay_regions
 
-    image = Image.open(args.image).convert("RGB")
-    masks = [np.asarray(Image.open(m).convert("L")) for m in args.mask]
+    image = open_image(args.image, "image")
+    masks = [np.asarray(open_image(m, "--mask", mode="L")) for m in args.mask]
     names = [f"mask {Path(m).name}" for m in args.mask] + [f"box {i}" for i in range(len(args.box))]
     if not names:
         names = ["whole image"]
@@ -96,6 +193,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     overlay = Path(args.overlay or f"{Path(args.image).stem}.regions.png")
     region = region_masks(image.height, image.width, **kw)
     captions = [f"{n}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" for i, n in enumerate(names)]
+    overlay.parent.mkdir(parents=True, exist_ok=True)
     overlay_regions(image, region, captions).save(overlay)
     logger.info("wrote %s", overlay)
     return 0
@@ -107,9 +205,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc
-    from .checkpoints import (ALPHA_KEYS, CheckpointError, detect_format, load_alpha_clip, load_state_dict_checked,
-                              read_state_dict, save_reference, save_safetensors, vision_arch)
+    from .checkpoints import (ALPHA_KEYS, CheckpointError, atomic_folder, detect_format, load_alpha_clip,
+                              load_state_dict_checked, read_state_dict, save_reference, save_safetensors,
+                              vision_arch)
 
+    if args.arch:
+        check_model_name(args.arch, "--arch")
     if Path(args.source).is_dir():  # a transformers folder, back to open_clip / reference
         from alphaclip_integrations.hf.convert import load_open_clip_from_hf
         model, arch = load_open_clip_from_hf(args.source), "from transformers"
@@ -118,7 +219,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         fmt = detect_format(sd)
         arch = args.arch or vision_arch(sd).name
         if arch is None:
-            raise SystemExit(f"error: cannot tell the architecture of {args.source} ({vision_arch(sd).describe()}); "
+            raise InputError(f"--arch: cannot tell the architecture of {args.source} ({vision_arch(sd).describe()}); "
                              "pass --arch")
         model = open_clip.create_model(arch)
         if fmt == "clip" and args.base is None:
@@ -131,11 +232,13 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.to == "hf":
         from alphaclip_integrations.hf import convert_to_hf  # transformers only here
-        convert_to_hf(model, out)
+        with atomic_folder(out) as tmp:  # a failed write (full disk) leaves no half-written folder
+            convert_to_hf(model, tmp)
     elif args.to == "reference":
         save_reference(model, out)
     elif args.to == "local-dir":
-        aoc.save_pretrained(model, out)
+        with atomic_folder(out) as tmp:
+            aoc.save_pretrained(model, tmp)
     else:
         save_safetensors(model, out)
     logger.info("wrote %s (%s, %s)", out, args.to, arch)
@@ -182,6 +285,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alphaclip", description="Alpha-CLIP: CLIP that looks where you point.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on an error, also print the Python traceback (anywhere on the line; or {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="classify regions of an image over labels; prints a table, writes an overlay")
@@ -191,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", nargs="+", required=True, help="candidate labels")
     p.add_argument("--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')")
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default="crop", help="paired transform geometry")
-    p.add_argument("--top", type=int, default=3, help="labels shown per region")
+    p.add_argument("--top", type=_positive_int, default=3, help="labels shown per region")
     p.add_argument("--overlay", help="overlay PNG path (default: IMAGE_STEM.regions.png)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_model_arguments(p)
@@ -225,16 +330,64 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    from .checkpoints import CheckpointError
+    """Run ``alphaclip ARGV``; returns the exit code (0 ok, 1 runtime error, 2 bad input or usage).
 
+    The one error boundary of every subcommand: any exception becomes ``error: <message>`` on one
+    line of stderr (see :func:`alphaclip_core.errors.describe_error`); with ``--debug`` or
+    ``ALPHACLIP_DEBUG=1`` the traceback is printed first.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or _debug_env()
+    argv = [a for a in argv if a != "--debug"]
     try:
-        return int(args.func(args) or 0)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit:
+        raise  # argparse: usage errors print usage + "alphaclip ...: error: ..." and exit 2; --help exits 0
+    except Exception as e:  # noqa: BLE001 - a subcommand module that fails to register
+        return _report(e, debug)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return guarded(lambda: args.func(args), debug)
+
+
+def guarded(run: Callable[[], Optional[int]], debug: Optional[bool] = None) -> int:
+    """Call ``run()`` behind the command line's error boundary; returns the exit code.
+
+    For other entry points of the same commands (``python -m alphaclip_train.pseudolabel``, the
+    benchmark scripts): any exception becomes one ``error: ...`` line and exit code 2 or 1, as in
+    :func:`main`. ``debug`` defaults to ``ALPHACLIP_DEBUG``.
+    """
+    if debug is None:
+        debug = _debug_env()
+    try:
+        return int(run() or 0)
+    except SystemExit as e:
+        if isinstance(e.code, str):  # raise SystemExit("error: ...") inside a command: a usage error
+            msg = e.code[len("error:"):].strip() if e.code.startswith("error:") else e.code
+            if debug:
+                traceback.print_exc()
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        raise
+    except BaseException as e:  # noqa: BLE001 - the boundary: no traceback for the user unless asked
+        if not isinstance(e, (Exception, KeyboardInterrupt)):
+            raise
+        return _report(e, debug)
+
+
+def _debug_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _report(e: BaseException, debug: bool) -> int:
+    code, message = describe_error(e)
+    if debug:
+        traceback.print_exception(type(e), e, e.__traceback__)
+    elif code == 1 and message.endswith("report it)"):
+        logger.debug("unexpected error", exc_info=e)
+    # one line: a message that suggests a command on its own line keeps it, joined
+    print("error: " + " ".join(part.strip() for part in message.splitlines() if part.strip()), file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -71,6 +71,9 @@ def check_alpha(x: torch.Tensor, alpha: Any, check_range: bool = True) -> None:
     if check_range and alpha.numel() and not torch.jit.is_scripting() and not torch.compiler.is_compiling():
         lo, hi = torch.aminmax(alpha.detach())
         lo, hi = float(lo), float(hi)
+        if lo != lo or hi != hi:  # aminmax returns NaN when any value is NaN
+            raise ValueError("alpha: holds NaN values; expected a normalised alpha in "
+                             f"[{_BACKGROUND_ALPHA:.4f}, {WHOLE_IMAGE_ALPHA:.4f}]")
         if lo < _BACKGROUND_ALPHA - _RANGE_EPS or hi > WHOLE_IMAGE_ALPHA + _RANGE_EPS:
             raise ValueError(
                 f"alpha: values must lie in [{_BACKGROUND_ALPHA:.4f}, {WHOLE_IMAGE_ALPHA:.4f}] "

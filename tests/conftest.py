@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 import torch
@@ -83,8 +84,9 @@ def openai_state_dict(model: torch.nn.Module) -> dict:
     return sd
 
 
-def write_torchscript_archive(sd: dict, path) -> None:
-    """Write ``sd`` as a TorchScript archive (the container OpenAI's .pt files use)."""
+def write_torchscript_archive(sd: dict, path, parameters: bool = False) -> None:
+    """Write ``sd`` as a TorchScript archive (the container OpenAI's .pt files use): nested modules
+    holding the tensors as buffers, or as parameters (how OpenAI's files hold them) with ``parameters``."""
 
     class Holder(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +100,53 @@ def write_torchscript_archive(sd: dict, path) -> None:
             if not hasattr(mod, p):
                 mod.add_module(p, Holder())
             mod = getattr(mod, p)
-        mod.register_buffer(leaf, value.clone())
+        if parameters:
+            mod.register_parameter(leaf, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
+        else:
+            mod.register_buffer(leaf, value.clone())
     torch.jit.save(torch.jit.script(root), str(path))
+
+
+class _Hostile(torch.nn.Module):
+    """A scripted module whose ``__setstate__`` (run by ``torch.jit.load``) creates the file named in its
+    state with ``torch.from_file(..., shared=True)``: the shape of a weight file that writes files."""
+
+    def __init__(self, marker: str) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(3))
+        self.marker = marker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, str, bool]:
+        return (self.weight, self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, str, bool]) -> None:
+        self.weight = state[0]
+        self.marker = state[1]
+        self.training = state[2]
+        t = torch.from_file(state[1], shared=True, size=8, dtype=torch.uint8)
+        t.fill_(65)
+        self.weight = self.weight + t.sum().float() * 0  # keeps the call in the compiled code
+
+
+def write_hostile_torchscript(path, marker) -> None:
+    """A TorchScript archive that creates the file ``marker`` when ``torch.jit.load`` opens it."""
+    torch.jit.save(torch.jit.script(_Hostile(str(marker))), str(path))
+
+
+class MakeDir:
+    """Pickled (``torch.save`` / ``pickle.dumps``), this object makes an unsafe unpickler create the
+    folder ``path`` (``os.mkdir``): proof that loading ran code."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -416,7 +416,7 @@ def test_cli_generate_variation(folders, tmp_path, capsys):
            "--pipeline: .* is not a folder": ["--pipeline", str(tmp_path / "nope")],
            "pipeline: .* holds a StableDiffusionImageVariationPipeline": ["--pipeline", str(folders / "stock")],
            "--mask: no such file": ["--mask", str(tmp_path / "missing.png")],
-           "--mask: cannot read": ["--mask", str(folders / "alpha.pth")],
+           r"--mask: .*alpha\.pth: not an image PIL can read": ["--mask", str(folders / "alpha.pth")],
            "--device: 'gpu0' is not a torch device": ["--device", "gpu0"]}
     for message, extra in bad.items():
         args = ["generate", "variation", str(tmp_path / "in.png"), "-o", str(tmp_path / "bad.png"), "--steps", "1"]

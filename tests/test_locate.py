@@ -103,8 +103,9 @@ def test_locate_cli(model, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["regions"] == 4 and out["best"][0]["index"] == 2 and out["best"][0]["box"] == [0, 32, 32, 64]
     assert Image.open(tmp_path / "o.png").size == (64, 64) and Image.open(tmp_path / "h.png").size == (64, 64)
-    with pytest.raises(SystemExit, match="give --box/--mask regions or --sam-checkpoint"):
-        alphaclip_main(["locate", str(img), "blue", "--model", f"local-dir:{tmp_path / 'm'}"])
+    capsys.readouterr()
+    assert alphaclip_main(["locate", str(img), "blue", "--model", f"local-dir:{tmp_path / 'm'}"]) == 2
+    assert capsys.readouterr().err.strip() == "error: give --box/--mask regions or --sam-checkpoint for SAM's automatic masks"
 
 
 def test_locate_cli_with_sam_automatic_masks(model, tmp_path, capsys, monkeypatch):

@@ -61,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if OUTPUT has a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-empty-batches", type=int, default=d.max_empty_batches,
+                   help="steps in a row without a usable sample (all corrupt) before the run stops with an error; "
+                        "such steps are skipped and counted (log.jsonl 'empty_steps')")
     p.set_defaults(func=_cmd_train)
 
     p = subparsers.add_parser("demo", help="classify the regions of a bundled synthetic scene with the shipped "
@@ -93,7 +96,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
         shuffle_buffer=args.shuffle_buffer, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         tensorboard=args.tensorboard, threads=args.threads, device=args.device, resume=not args.no_resume,
-        progress=not args.no_progress)
+        progress=not args.no_progress, max_empty_batches=args.max_empty_batches)
     result = train(cfg)
     if result["files"]:
         print(json.dumps(result, indent=2))
@@ -106,8 +109,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from alphaclip_core.regions import classify_regions
     from alphaclip_core.viz import overlay_regions
 
+    from alphaclip_core.cli import check_device
+
     from .synthetic import LABELS, demo_scene, load_tiny
 
+    check_device(args.device)
     model, tokenizer = load_tiny(args.device)
     image, masks, truth, _ = demo_scene()
     scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}."])

@@ -40,8 +40,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from alphaclip_core.checkpoints import (ALPHA_KEYS, atomic_write, detect_format, load_alpha_clip,
-                                        load_state_dict_checked, read_state_dict, save_reference, save_safetensors)
+from alphaclip_core.checkpoints import (ALPHA_KEYS, CheckpointError, atomic_write, detect_format, load_alpha_clip,
+                                        load_pickled, load_state_dict_checked, read_state_dict,
+                                        remove_stale_temp_files, save_reference, save_safetensors)
+from alphaclip_core.errors import InputError
 from alphaclip_core.model import AlphaCLIP, AlphaModel, AlphaVisionTransformer, add_alpha
 
 from .data import RegionBatches, make_loader
@@ -99,6 +101,7 @@ class TrainConfig:
     device: Optional[str] = None            #: default: cuda:LOCAL_RANK when CUDA is available, else cpu
     resume: bool = True
     progress: bool = True
+    max_empty_batches: int = 50             #: fail after this many steps in a row without a usable sample
 
     def validate(self) -> None:
         if not self.data:
@@ -109,7 +112,7 @@ class TrainConfig:
             raise ValueError(f"loss: expected 'auto', 'contrastive' or 'sigmoid', got {self.loss!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "accum", "save_every", "log_every"):
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every", "max_empty_batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -132,7 +135,9 @@ def build_model(name: str, init: Optional[str] = None, base: Optional[str] = Non
     import open_clip
 
     import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha configs)
+    from alphaclip_core.cli import check_model_name
 
+    check_model_name(name, "model")
     tag = init if init and not os.path.exists(init) else None
     if tag and open_clip.factory.get_pretrained_cfg(name, tag):  # a pretrained tag: the base weights, zero alpha
         model, init = open_clip.create_model(name, pretrained=tag), None
@@ -286,7 +291,11 @@ def _setup_distributed(device: Optional[str]) -> Tuple[torch.device, bool]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    from alphaclip_core.cli import check_device
+
+    dev = check_device(device, "device")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     created = False
@@ -306,9 +315,18 @@ class _Log:
         if not enabled:
             return
         if self.path.exists():
-            keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
-            self.path.write_text("".join(k + "\n" for k in keep))
+            keep = []
+            for n, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a writer killed mid-line leaves a torn last line
+                    logger.warning("%s:%d: dropped an unreadable line (a killed run's last write?)", self.path, n)
+                    continue
+                if isinstance(row, dict) and row.get("step", 0) <= start_step:
+                    keep.append(line)
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(k + "\n" for k in keep)))
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -350,7 +368,11 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     ckpt_dir = out / "checkpoints"
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        text = json.dumps(asdict(cfg), indent=2) + "\n"
+        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
+        # temporary files of writes a kill interrupted (each up to a checkpoint's size)
+        for folder in (ckpt_dir, out, out / "final"):
+            remove_stale_temp_files(folder)
     try:
         torch.manual_seed(cfg.seed + rank)
         np.random.seed((cfg.seed + rank) % 2**32)
@@ -371,15 +393,15 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             text_tower.eval()  # frozen text tower (no dropout either way)
 
         start_step, next_batch = 0, 0
+        totals = torch.zeros(4, dtype=torch.float64)  # samples, whole-image, skipped, empty steps (all ranks)
         latest = ckpt_dir / "latest.pt"
         if cfg.resume and latest.exists():
-            state = torch.load(latest, map_location="cpu", weights_only=True)
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
+            state = _read_resume_state(latest, cfg)
+            _restore(latest, state, model, opt, sched, scaler)
             start_step, next_batch = int(state["step"]), int(state["next_batch"])
+            saved = state.get("totals")
+            if isinstance(saved, torch.Tensor) and saved.numel() <= totals.numel():
+                totals[:saved.numel()] = saved.to(torch.float64)
             if int(state["world_size"]) != world:
                 logger.warning("resuming a %d-process run with %d processes: the data order changes",
                                int(state["world_size"]), world)
@@ -412,8 +434,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         bar = tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress,
                    desc=f"train[{cfg.stage}]", dynamic_ncols=True)
-        totals = torch.zeros(3, dtype=torch.float64)  # samples, whole-image, skipped (all ranks)
         last_loss = float("nan")
+        empty_run: List[int] = []          # batch numbers of the current run of steps without a sample
+        empty_reasons: List[str] = []      # the first problems of that run
+        warned = 0
         t0, seen = time.perf_counter(), 0
         step = start_step
         ddp.train()
@@ -425,6 +449,44 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             for b in micro:
                 if b["reasons"]:
                     logger.debug("skipped %d sample(s) in batch %d: %s", b["skipped"], b["index"], b["reasons"])
+                    if warned < 3:  # the first few problems are worth a look; the rest are counted
+                        warned += 1
+                        logger.warning("skipped a corrupt sample (batch %d): %s%s", b["index"], b["reasons"][0],
+                                       "" if warned < 3 else " (further ones are counted in log.jsonl 'skipped')")
+            # a micro-batch with no usable sample (every image corrupt) is dropped on every rank alike
+            sizes = torch.tensor([b["image"].shape[0] for b in micro], dtype=torch.int64)
+            if world > 1:
+                sizes = sizes.to(device)
+                dist.all_reduce(sizes, op=dist.ReduceOp.MIN)
+                sizes = sizes.cpu()
+            keep = [b for b, n in zip(micro, sizes.tolist()) if n > 0]
+            dropped = sum(b["image"].shape[0] for b, n in zip(micro, sizes.tolist()) if n == 0)
+            if not keep:
+                counts = torch.tensor([0, 0, sum(b["skipped"] for b in micro) + dropped, 0], dtype=torch.float64)
+                if world > 1:
+                    counts = counts.to(device)
+                    dist.all_reduce(counts)
+                    counts = counts.cpu()
+                totals += counts
+                totals[3] += 1
+                empty_run += [b["index"] for b in micro]
+                empty_reasons += [r for b in micro for r in b["reasons"]][:max(0, 3 - len(empty_reasons))]
+                if len(empty_run) >= cfg.max_empty_batches * cfg.accum:
+                    if world > 1:  # every rank stops here together; name the problems any rank saw
+                        seen_by: List[Any] = [None] * world
+                        dist.all_gather_object(seen_by, empty_reasons)
+                        empty_reasons = [r for rs in seen_by for r in rs][:3]
+                    raise InputError(
+                        f"data: {len(empty_run)} batch{'es' if len(empty_run) > 1 else ''} in a row (batch "
+                        f"{empty_run[0]}{f'..{empty_run[-1]}' if len(empty_run) > 1 else ''}) had no "
+                        f"usable sample; is the data readable? First problems: {'; '.join(empty_reasons) or 'none'}"
+                        f" (--max-empty-batches {cfg.max_empty_batches} steps without a sample are tolerated)")
+                logger.warning("step %d: batch %s had no usable sample; skipped (%d in a row)", step + 1,
+                               ",".join(str(b["index"]) for b in micro), len(empty_run))
+                continue
+            empty_run, empty_reasons = [], []
+            micro_skipped = sum(b["skipped"] for b in micro) + dropped
+            micro = keep
             loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world,
                                fixed_scale, loss=loss)
             if cfg.grad_clip:
@@ -439,7 +501,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                     model.logit_scale.clamp_(0, math.log(100))
             step += 1
             counts = torch.tensor([sum(b["image"].shape[0] for b in micro), sum(int(b["whole"].sum()) for b in micro),
-                                   sum(b["skipped"] for b in micro)], dtype=torch.float64)
+                                   micro_skipped, 0], dtype=torch.float64)
             if world > 1:
                 counts = counts.to(device)
                 dist.all_reduce(counts)
@@ -452,7 +514,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 dt = time.perf_counter() - t0
                 row = {"step": step, "loss": last_loss, "lr": opt.param_groups[0]["lr"],
                        "lr_rest": opt.param_groups[-1]["lr"], "samples_per_s": seen / dt if dt > 0 else 0.0,
-                       "samples": int(totals[0]), "whole_image": int(totals[1]), "skipped": int(totals[2])}
+                       "samples": int(totals[0]), "whole_image": int(totals[1]), "skipped": int(totals[2]),
+                       "empty_steps": int(totals[3])}
                 if learn_scale:
                     row["logit_scale"] = float(model.logit_scale.detach().exp())
                 if loss == "sigmoid":
@@ -461,18 +524,21 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 bar.set_postfix(loss=f"{last_loss:.4f}", skipped=int(totals[2]))
                 t0, seen = time.perf_counter(), 0
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world)
+                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world, totals)
             if kill_at and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
         log.close()
+        if rank == 0 and totals[2] > 0:
+            logger.warning("skipped %d corrupt sample(s) in all (%d step(s) had none usable); see log.jsonl",
+                           int(totals[2]), int(totals[3]))
         files: Dict[str, str] = {}
         if rank == 0:
             files = _save_final(model, out / "final")
         if world > 1:
             dist.barrier()
         return {"step": step, "loss": last_loss, "world_size": world, "files": files,
-                "samples": int(totals[0]), "skipped": int(totals[2])}
+                "samples": int(totals[0]), "skipped": int(totals[2]), "empty_steps": int(totals[3])}
     finally:
         if created_pg and dist.is_initialized():
             dist.destroy_process_group()
@@ -525,7 +591,7 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
 
 
 def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int, next_batch: int,
-                     cfg: TrainConfig, rank: int, world: int) -> None:
+                     cfg: TrainConfig, rank: int, world: int, totals: Optional[torch.Tensor] = None) -> None:
     rng = _rng_state()
     if world > 1:
         all_rng: List[Any] = [None] * world
@@ -536,11 +602,57 @@ def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
                  "next_batch": next_batch, "world_size": world, "rng": all_rng,
-                 "config": json.dumps(asdict(cfg))}
+                 "config": json.dumps(asdict(cfg)),
+                 "totals": (totals if totals is not None else torch.zeros(4, dtype=torch.float64)).clone()}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         logger.debug("checkpoint %s (step %d)", path, step)
     if world > 1:
         dist.barrier()
+
+
+_RESUME_HINT = (". Start afresh with --no-resume (the run's checkpoint is then overwritten) or write to another "
+                "--output")
+_STATE_KEYS = ("model", "optimizer", "scheduler", "step", "next_batch", "world_size", "rng")
+
+
+def _read_resume_state(latest: Path, cfg: TrainConfig) -> Dict[str, Any]:
+    """``latest.pt`` read safely (weights_only) and checked to be a training state of this run."""
+    try:
+        state = load_pickled(latest, "resume")
+    except CheckpointError as e:
+        raise CheckpointError(f"{str(e).rstrip('.')}{_RESUME_HINT}") from None
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"resume: {latest} is not a training checkpoint of `alphaclip train` (missing "
+                              f"{missing}){_RESUME_HINT}")
+    try:
+        saved = json.loads(state.get("config") or "{}")
+    except (TypeError, ValueError):
+        saved = {}
+    if isinstance(saved, dict) and saved.get("model") not in (None, cfg.model):
+        logger.warning("resume: %s was written by a run of %s; this run is %s", latest, saved["model"], cfg.model)
+    return state
+
+
+def _restore(latest: Path, state: Dict[str, Any], model: AlphaCLIP, opt, sched, scaler) -> None:
+    """Load a resume state into the run's objects, with errors that say what does not fit."""
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"resume: {latest} holds no model state dict{_RESUME_HINT}")
+    try:
+        load_state_dict_checked(model, state["model"], f"resume: {latest}")
+    except CheckpointError as e:
+        raise CheckpointError(f"{str(e).rstrip('.')}. It was written by a run of another model or architecture"
+                              f"{_RESUME_HINT}") from None
+    try:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        int(state["step"]), int(state["next_batch"]), int(state["world_size"])
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"resume: {latest}: its optimizer/scheduler state does not fit this run (another "
+                              f"--stage, --freeze or --unfreeze-last?): {str(e).splitlines()[0] if str(e) else e!r}"
+                              f"{_RESUME_HINT}") from None
 
 
 def _save_final(model: AlphaCLIP, folder: Path) -> Dict[str, str]:

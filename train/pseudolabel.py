@@ -641,7 +641,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return run_from_args(args)
+    from alphaclip_core.cli import guarded
+
+    return guarded(lambda: run_from_args(args))  # one-line errors, as `alphaclip pseudolabel`
 
 
 if __name__ == "__main__":  # pragma: no cover

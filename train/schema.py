@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from PIL import Image
 
-from alphaclip_core.alpha import rle_decode
+from alphaclip_core.alpha import rle_decode, to_8bit
 
 __all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "iter_webdataset", "decode_image", "Sample"]
 
@@ -86,7 +86,7 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            return to_8bit(im)  # 16-bit images scaled to 8 bits (PIL's convert("RGB") would turn them white)
     except Exception as e:  # PIL raises many types for bad data
         raise ValueError(f"image bytes do not decode ({type(e).__name__}: {e})") from None
 

@@ -18,21 +18,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from alphaclip_core.cli import _parse_box
+from alphaclip_core.alpha import open_image
+from alphaclip_core.cli import _parse_box, _positive_int, check_device
 
 logger = logging.getLogger("alphaclip")
 
 _INSTALL = "alphaclip generate needs diffusers: pip install 'alpha-clip[diffusers]'"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _import_generate():
@@ -41,29 +32,6 @@ def _import_generate():
     except ImportError as e:
         raise SystemExit(f"error: {_INSTALL} ({e})") from None
     return generate
-
-
-def _open_image(path: str, arg: str, mode: str):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert(mode)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{arg}: no such file {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{arg}: cannot read {path} as an image ({e})") from None
-
-
-def _check_device(device: str) -> None:
-    import torch
-
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as e:
-        raise ValueError(f"--device: {device!r} is not a torch device ({e})") from None
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} asked for CUDA, which is not available here (use --device cpu)")
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -77,9 +45,9 @@ def _cmd_variation(args: argparse.Namespace) -> int:
     import numpy as np
 
     generate = _import_generate()
-    _check_device(args.device)
-    image = _open_image(args.image, "IMAGE", "RGB")
-    masks = [np.asarray(_open_image(m, "--mask", "L")) for m in args.mask]
+    check_device(args.device)
+    image = open_image(args.image, "IMAGE")
+    masks = [np.asarray(open_image(m, "--mask", mode="L")) for m in args.mask]
     region = dict(mask=masks or None, box=args.box or None)
     if not Path(args.pipeline).is_dir():
         raise FileNotFoundError(f"--pipeline: {args.pipeline} is not a folder (an Alpha-CLIP image-variation "

@@ -60,9 +60,11 @@ def build_engine(args: argparse.Namespace):
     No ``--model``/``--checkpoint``: the shipped toy model. Otherwise the shared model options
     (:func:`alphaclip_core.cli.load_model`), plus SAM (``--sam``) and an alpha LLaVA (``--llava``).
     """
-    from alphaclip_core.cli import load_model
+    from alphaclip_core.cli import check_device, load_model
 
     from .engine import RegionEngine
+
+    check_device(args.device)  # before any model is built (the toy model too)
 
     if args.checkpoint and (any(args.checkpoint.endswith(s) for s in _WEIGHTS) or "/" in args.checkpoint):
         _check_file(args.checkpoint, "--checkpoint")

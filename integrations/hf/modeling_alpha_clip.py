@@ -71,7 +71,7 @@ def _check_alpha(pixel_values: torch.Tensor, alpha_values: torch.Tensor, check_r
     if check_range and alpha_values.numel() and not torch.compiler.is_compiling():
         lo, hi = torch.aminmax(alpha_values.detach())
         lo, hi = float(lo), float(hi)
-        if lo < _BACKGROUND_ALPHA - _RANGE_EPS or hi > WHOLE_IMAGE_ALPHA + _RANGE_EPS:
+        if not (lo >= _BACKGROUND_ALPHA - _RANGE_EPS and hi <= WHOLE_IMAGE_ALPHA + _RANGE_EPS):  # NaN fails too
             raise ValueError(
                 f"alpha_values: values must lie in [{_BACKGROUND_ALPHA:.4f}, {WHOLE_IMAGE_ALPHA:.4f}] (masks "
                 f"normalised with mean {ALPHA_MEAN}, std {ALPHA_STD}); got [{lo:.4f}, {hi:.4f}]")

@@ -78,8 +78,10 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 
     from .locate import locate, render
 
-    image = Image.open(args.image).convert("RGB")
-    masks = [np.asarray(Image.open(m).convert("L")) > 127 for m in args.mask] or None
+    from alphaclip_core.alpha import open_image
+
+    image = open_image(args.image, "image")
+    masks = [np.asarray(open_image(m, "--mask", mode="L")) > 127 for m in args.mask] or None
     boxes = args.box or None
     generator = None
     if masks is None and boxes is None:
@@ -328,7 +330,9 @@ def _standalone(add, run, argv: Optional[Sequence[str]], prog: str) -> int:
     add(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return run(args)
+    from alphaclip_core.cli import guarded
+
+    return guarded(lambda: run(args))  # one-line errors, as `alphaclip eval`
 
 
 def imagenet_s_main(argv: Optional[Sequence[str]] = None) -> int:

@@ -103,6 +103,9 @@ def dist_env() -> Tuple[int, int, int]:
 def resolve_device(device: Optional[str] = "auto") -> str:
     """``auto``/None -> ``cuda:<LOCAL_RANK>`` when CUDA is present, else ``cpu``; anything else unchanged."""
     if device not in (None, "auto"):
+        from alphaclip_core.cli import check_device
+
+        check_device(str(device))  # a clear error for a device this machine does not have
         return str(device)
     import torch
 
