@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from alphaclip_core.alpha import boxes_to_masks, polygons_to_masks, rle_decode, rle_encode
+from alphaclip_core.alpha import boxes_to_masks, open_image, polygons_to_masks, rle_decode, rle_encode
 from alphaclip_core.checkpoints import atomic_write
 from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, box_iou, category_name,
                                               embedding_dim, geometric_ensemble, load_text_classifier)
@@ -435,10 +435,7 @@ def _save_overlay(path: Path, image: Image.Image, anns: Sequence[Dict[str, Any]]
 def _default_loader(image_root: Path) -> Callable[[Dict[str, Any]], Image.Image]:
     def load(im: Dict[str, Any]) -> Image.Image:
         path = image_root / im["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {im['id']}: no such file: {path}")
-        with Image.open(path) as f:
-            img = f.convert("RGB")
+        img = open_image(path, f"image {im['id']}")
         if img.size != (im["width"], im["height"]):
             raise ValueError(f"image {im['id']}: {path} is {img.size[0]}x{img.size[1]} but the dataset says "
                              f"{im['width']}x{im['height']} (WxH)")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from alphaclip_core.alpha import PairedTransform, boxes_to_masks
+from alphaclip_core.alpha import PairedTransform, boxes_to_masks, open_image
 from alphaclip_core.regions import preprocess_params, score_regions
 
 from .baselines import BASELINE_VIEWS, baseline_view, mask_bbox
@@ -264,7 +264,7 @@ class ImageNetS:
         An image whose PNG has no pixel of its class gets an all-False mask (the caller decides).
         """
         s = self.samples[i]
-        image = Image.open(s.image).convert("RGB")
+        image = open_image(s.image, "image")
         ids = decode_segmentation(s.segmentation)
         if ids.shape != (image.height, image.width):
             raise ValueError(f"segmentation {s.segmentation} is {ids.shape[1]}x{ids.shape[0]} but its image is "

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from alphaclip_core.alpha import ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks
+from alphaclip_core.alpha import ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, open_image
 from alphaclip_core.region_classifier import box_iou
 from alphaclip_core.regions import preprocess_params, score_regions, text_classifier
 
@@ -363,7 +363,7 @@ class _Images(torch.utils.data.Dataset):
         key, path, image_id, cands = self.jobs[n]
         item: Dict[str, Any] = {"key": key}
         try:
-            image = Image.open(path).convert("RGB")
+            image = open_image(path, "image")
             # candidates clipped to the image; degenerate ones (no pixel left) cannot be scored
             cands = np.asarray(cands, dtype=np.float64).reshape(-1, 4).copy()
             cands[:, 0::2] = cands[:, 0::2].clip(0, image.width)
