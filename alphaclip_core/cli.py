@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from . import __version__
 from .errors import InputError, closest, describe_error
 
 logger = logging.getLogger("alphaclip")
@@ -270,6 +271,9 @@ def _cmd_backbones(as_json: bool) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import describe
 
+    if not args.json:
+        print(f"{'package':<22} alpha-clip {__version__}")
+
     if args.file is None or args.backbones:
         return _cmd_backbones(args.json)
     info = describe(args.file)
@@ -287,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--debug", action="store_true",
                         help=f"on an error, also print the Python traceback (anywhere on the line; or {DEBUG_ENV}=1)")
+    parser.add_argument("--version", action="version", version=f"alphaclip (alpha-clip) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="classify regions of an image over labels; prints a table, writes an overlay")
