@@ -189,6 +189,7 @@ class Request:
     heading: Optional[str]
 
 
+@functools.lru_cache(maxsize=None)
 def requests() -> Tuple[List[Request], List[str]]:
     """Every python-block request in tests/*.py (statically resolved) and the calls that could not be read."""
     out, unread = [], []
