@@ -24,7 +24,7 @@ from alphaclip_core.cli import main as cli_main
 from alphaclip_core.model import AlphaCLIP
 from alphaclip_integrations.cards import (PAPER_IMAGENET_S, Provenance, Tower, model_card, released_checkpoint,
                                           write_model_card)
-from conftest import TINY_CFG, openai_state_dict, randomize_alpha_conv, reference_state_dict
+from conftest import TINY_CFG, doc_blocks, openai_state_dict, randomize_alpha_conv, reference_state_dict
 from test_llava_hf import TOWER_CFG, tiny_tokenizer, write_fixtures
 
 L14_336 = Tower("CLIP", image_size=336, patch_size=14, width=1024, layers=24, embed_dim=768)
@@ -271,3 +271,29 @@ def test_no_number_for_a_released_name_on_another_architecture_or_a_llava():
     assert yaml.safe_load(llava[4:].split("\n---\n", 1)[0])["license"] == "unknown"
     with pytest.raises(ValueError, match="kind: expected one of"):
         model_card("onnx", B16)
+
+
+# ------------------------------------------------------------------------------------------------ docs/model-cards.md
+def test_docs_page_examples(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (block,) = doc_blocks("docs/model-cards.md")
+    exec(compile(block, "docs/model-cards.md", "exec"), {"__name__": "docs"})
+    assert capsys.readouterr().out.strip() == "['---', 'library_name: \"transformers\"', 'pipeline_tag: " \
+                                              "\"zero-shot-image-classification\"']"
+    meta, body = read_card(tmp_path / "alpha-tiny-hf")
+    assert meta["base_model"] == ["openai/clip-vit-base-patch16"] and meta["license"] == "mit"
+    assert "from `visual.pth`" in body and "my_run" not in body
+    assert "Trained with `alphaclip train` on 100k GRIT pairs for 2 epochs." in body
+    # the commands parse with the options the page names
+    from alphaclip_core.cli import build_parser
+    from alphaclip_integrations.llava import convert as llava_convert
+
+    (commands,) = doc_blocks("docs/model-cards.md", lang="bash")
+    lines = commands.replace("\\\n", " ").strip().splitlines()
+    for line in lines[:2]:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.command == "convert" and args.to == "hf" and args.card in ("write", "overwrite")
+    argv = shlex.split(lines[2])
+    assert argv[:4] == ["python", "-m", "alphaclip_integrations.llava", "convert"] and "--base-model" in argv
+    with pytest.raises(FileNotFoundError, match="llava_folder: llava-1.5-7b-hf has no config.json"):
+        llava_convert.main(argv[4:])  # parses; then says what is missing here
