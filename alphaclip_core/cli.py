@@ -234,7 +234,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
             raise CheckpointError(f"source: {args.source} has format '{fmt}'; expected an Alpha-CLIP or CLIP checkpoint")
     out = Path(args.output)
     # a folder's model card names the files converted (file names only)
-    card = False if args.card == "none" else Provenance(args.source, args.base,
+    card = False if args.card == "none" else Provenance(args.source, args.base, folder_name=out.name,
                                                          model_name=None if Path(args.source).is_dir() else arch)
     if args.to in ("hf", "local-dir"):
         with atomic_folder(out) as tmp:  # a failed write (full disk) leaves no half-written folder

@@ -88,6 +88,9 @@ class Provenance:
         license: the weights' license as a hub license id; default: ``cc-by-nc-4.0`` for a released
             checkpoint (the reference release's terms), else ``unknown``.
         notes: more sentences for the card's "Where the weights come from" section.
+        folder_name: the name the loading examples give the folder (default: the name of the folder
+            written): the name it is published or moved under, e.g. when it is written to a temporary
+            folder first.
     """
 
     checkpoint: Optional[PathLike] = None
@@ -97,6 +100,7 @@ class Provenance:
     base_model: Optional[Union[str, Sequence[str]]] = None
     license: Optional[str] = None
     notes: Optional[str] = None
+    folder_name: Optional[str] = None
 
     def __post_init__(self) -> None:
         # a card may be published: keep file names, not the local folders they were read from
@@ -429,7 +433,7 @@ def model_card(kind: str, tower: Tower, provenance: Optional[Provenance] = None,
         kind: one of :data:`KINDS`.
         tower: the vision tower (:func:`tower_from_open_clip`, :func:`tower_from_hf_config`).
         provenance: where the weights came from (None: not recorded, and the card says so).
-        folder: the folder's name, used in the loading examples.
+        folder: the folder's name, used in the loading examples (``provenance.folder_name`` wins).
         text_processor: the folder holds a text processor (tokenizer); otherwise the examples use images only.
         mode: the paired transform's geometry the examples use (default: ``squash`` for SigLIP, else ``crop``).
     Returns:
@@ -438,6 +442,7 @@ def model_card(kind: str, tower: Tower, provenance: Optional[Provenance] = None,
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     p = provenance or Provenance()
+    folder = p.folder_name or folder
     released = released_checkpoint(p, tower)
     siglip = tower.family == "SigLIP"
     base_model = p.base_model

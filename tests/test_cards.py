@@ -190,6 +190,9 @@ def test_siglip_card_reads_back_and_its_examples_run(tmp_path):
     folder = ah.save_siglip_hf(model, tmp_path / "images-only")
     _, body = read_card(folder)
     assert "AutoProcessor" not in body and "get_image_features" in body
+    # written under one name, published under another: the examples use the given name
+    folder = ah.save_siglip_hf(model, tmp_path / ".tmp-123", card=Provenance(folder_name="alpha-siglip-toy"))
+    assert 'folder = "alpha-siglip-toy"' in read_card(folder)[1] and ".tmp-123" not in read_card(folder)[1]
     # an open_clip SigLIP folder
     aoc.save_pretrained(model, tmp_path / "oc-siglip")
     meta, body = read_card(tmp_path / "oc-siglip")
