@@ -13,7 +13,8 @@ from .model import (WHOLE_IMAGE_ALPHA, AlphaCLIP, AlphaCustomTextCLIP, AlphaMode
                     AlphaVisionTransformer, add_alpha, alpha_tower)
 from .regions import RegionScores, classify_regions, score_regions, text_classifier
 
-__version__ = "0.1.0"
+#: the package version, in this one place (pyproject.toml reads it; policy: CHANGELOG.md, "Versions")
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ALPHA_MEAN", "ALPHA_STD", "WHOLE_IMAGE_ALPHA", "PairedTransform", "prepare", "normalize_alpha",

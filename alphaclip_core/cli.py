@@ -19,11 +19,13 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from . import __version__
 from .errors import InputError, closest, describe_error
 
 logger = logging.getLogger("alphaclip")
@@ -205,6 +207,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc
+    from alphaclip_integrations.cards import CARD_NAME, Provenance
     from .checkpoints import (ALPHA_KEYS, CheckpointError, atomic_folder, detect_format, load_alpha_clip,
                               load_state_dict_checked, read_state_dict, save_reference, save_safetensors,
                               vision_arch)
@@ -230,15 +233,20 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         else:
             raise CheckpointError(f"source: {args.source} has format '{fmt}'; expected an Alpha-CLIP or CLIP checkpoint")
     out = Path(args.output)
-    if args.to == "hf":
-        from alphaclip_integrations.hf import convert_to_hf  # transformers only here
+    # a folder's model card names the files converted (file names only)
+    card = False if args.card == "none" else Provenance(args.source, args.base, folder_name=out.name,
+                                                         model_name=None if Path(args.source).is_dir() else arch)
+    if args.to in ("hf", "local-dir"):
         with atomic_folder(out) as tmp:  # a failed write (full disk) leaves no half-written folder
-            convert_to_hf(model, tmp)
+            if args.card == "write" and (out / CARD_NAME).is_file():
+                shutil.copy2(out / CARD_NAME, tmp / CARD_NAME)  # the folder is replaced; its README.md is kept
+            if args.to == "hf":
+                from alphaclip_integrations.hf import convert_to_hf  # transformers only here
+                convert_to_hf(model, tmp, card=card, overwrite_card=args.card == "overwrite")
+            else:
+                aoc.save_pretrained(model, tmp, card=card, overwrite_card=args.card == "overwrite")
     elif args.to == "reference":
         save_reference(model, out)
-    elif args.to == "local-dir":
-        with atomic_folder(out) as tmp:
-            aoc.save_pretrained(model, tmp)
     else:
         save_safetensors(model, out)
     logger.info("wrote %s (%s, %s)", out, args.to, arch)
@@ -270,6 +278,9 @@ def _cmd_backbones(as_json: bool) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     from .checkpoints import describe
 
+    if not args.json:
+        print(f"{'package':<22} alpha-clip {__version__}")
+
     if args.file is None or args.backbones:
         return _cmd_backbones(args.json)
     info = describe(args.file)
@@ -287,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--debug", action="store_true",
                         help=f"on an error, also print the Python traceback (anywhere on the line; or {DEBUG_ENV}=1)")
+    parser.add_argument("--version", action="version", version=f"alphaclip (alpha-clip) {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("classify", help="classify regions of an image over labels; prints a table, writes an overlay")
@@ -311,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open_clip: one safetensors file; reference: visual-only .pth; local-dir: open_clip folder; "
                         "hf: transformers folder (model, processor, remote code)")
     p.add_argument("--output", "-o", required=True, help="output file or folder")
+    p.add_argument("--card", choices=("write", "overwrite", "none"), default="write",
+                   help="folders (hf, local-dir) get a model card README.md naming the files converted: write "
+                        "(keeps a README.md already there), overwrite, or none")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("info", help="say what a checkpoint is; without a file, list the supported backbones")

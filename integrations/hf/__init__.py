@@ -92,13 +92,13 @@ def register() -> None:
     _registered = True
 
 
-def convert_to_hf(model, output, mode: str = "crop", tokenizer=None):
+def convert_to_hf(model, output, mode: str = "crop", tokenizer=None, *, card=True, overwrite_card: bool = False):
     """``alphaclip convert --to hf``: write an open_clip Alpha-CLIP as a transformers folder (see :func:`save_hf`);
     a SigLIP model (timm tower with attention pooling) as an Alpha-SigLIP folder (see :func:`save_siglip_hf`;
-    ``tokenizer`` adds the text processor)."""
+    ``tokenizer`` adds the text processor). ``card`` / ``overwrite_card``: the model card, as in :func:`save_hf`."""
     if is_siglip(model):
-        return save_siglip_hf(model, output, tokenizer=tokenizer, mode=mode)
-    return save_hf(model, output, mode=mode)
+        return save_siglip_hf(model, output, tokenizer=tokenizer, mode=mode, card=card, overwrite_card=overwrite_card)
+    return save_hf(model, output, mode=mode, card=card, overwrite_card=overwrite_card)
 
 
 register()

@@ -41,6 +41,7 @@ from open_clip.transformer import VisionTransformer
 from alphaclip_core.checkpoints import CheckpointError, detect_format, reference_to_open_clip
 from alphaclip_core.model import AlphaCLIP, AlphaVisionTransformer
 
+from ..cards import Provenance, card_provenance, model_card, tower_from_hf_config, write_model_card
 from .configuration_alpha_clip import AlphaCLIPConfig, AlphaCLIPTextConfig, AlphaCLIPVisionConfig
 from .modeling_alpha_clip import AlphaCLIPModel, AlphaCLIPVisionModel
 
@@ -375,19 +376,28 @@ def model_to_open_clip(model: AlphaCLIPModel) -> AlphaCLIP:
 
 
 # ------------------------------------------------------------------------------------------------ folders
-def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str = "crop") -> Path:
+def save_hf(model: CLIP, folder: PathLike, *, processor: bool = True, mode: str = "crop",
+            card: Union[bool, Provenance] = True, overwrite_card: bool = False) -> Path:
     """Write an open_clip (Alpha-)CLIP as a transformers folder: ``config.json``, ``model.safetensors``, the
-    modeling code (for ``trust_remote_code``) and, with ``processor``, ``AlphaCLIPProcessor`` files
-    (image processor + CLIP tokenizer built from open_clip's BPE vocabulary).
+    modeling code (for ``trust_remote_code``), with ``processor`` the ``AlphaCLIPProcessor`` files (image
+    processor + CLIP tokenizer built from open_clip's BPE vocabulary), and a model card (``README.md``).
 
-    ``mode`` is the paired transform's geometry stored in the image processor (crop/pad/squash).
+    ``mode`` is the paired transform's geometry stored in the image processor (crop/pad/squash). ``card``:
+    ``True`` writes a card saying the weights' origin was not recorded, a
+    :class:`~alphaclip_integrations.cards.Provenance` a card with it (``alphaclip convert`` passes the
+    files it read), ``False`` none; a ``README.md`` already in ``folder`` is kept unless ``overwrite_card``.
     """
+    provenance = card_provenance(card)
     folder = Path(folder)
     hf = model_from_open_clip(model)
     hf.save_pretrained(folder)
     if processor:
         from .processing_alpha_clip import AlphaCLIPProcessor
         AlphaCLIPProcessor.from_open_clip(model, mode=mode).save_pretrained(folder)
+    if provenance is not None:
+        tower = tower_from_hf_config(hf.config.vision_config, "CLIP", hf.config.projection_dim)
+        write_model_card(folder, model_card("transformers", tower, provenance, folder=folder.name,
+                                            text_processor=processor, mode=mode), overwrite=overwrite_card)
     logger.info("wrote transformers folder %s", folder)
     return folder
 

@@ -39,6 +39,7 @@ from torch import nn
 from alphaclip_core.checkpoints import CheckpointError
 from alphaclip_core.model import AlphaCustomTextCLIP, AlphaModel, AlphaTimmModel, add_alpha
 
+from ..cards import Provenance, card_provenance, model_card, tower_from_hf_config, write_model_card
 from .configuration_alpha_siglip import AlphaSiglipConfig, AlphaSiglipTextConfig, AlphaSiglipVisionConfig
 from .convert import Layout, _load_checked, _tower_from_hf, _tower_to_hf
 from .modeling_alpha_siglip import AlphaSiglipModel, AlphaSiglipVisionModel
@@ -325,15 +326,19 @@ def siglip_model_to_open_clip(model: AlphaSiglipModel, open_clip_model: Optional
 
 
 # ------------------------------------------------------------------------------------------------ folders
-def save_siglip_hf(model: nn.Module, folder: PathLike, *, tokenizer: Any = None, mode: str = "crop") -> Path:
+def save_siglip_hf(model: nn.Module, folder: PathLike, *, tokenizer: Any = None, mode: str = "crop",
+                   card: Union[bool, Provenance] = True, overwrite_card: bool = False) -> Path:
     """Write an open_clip (Alpha-)SigLIP as a transformers folder: ``config.json``, ``model.safetensors``,
-    the modeling code (for ``trust_remote_code``), the image processor and, given a ``tokenizer`` (a
-    transformers tokenizer, or open_clip's ``HFTokenizer`` of the model), an :class:`AlphaSiglipProcessor`.
+    the modeling code (for ``trust_remote_code``), the image processor, given a ``tokenizer`` (a
+    transformers tokenizer, or open_clip's ``HFTokenizer`` of the model) an :class:`AlphaSiglipProcessor`,
+    and a model card (``README.md``; ``card`` and ``overwrite_card`` as in
+    :func:`~alphaclip_integrations.hf.convert.save_hf`).
 
     ``mode`` is the paired transform's geometry stored in the image processor (crop/pad/squash).
     """
     from .processing_alpha_siglip import AlphaSiglipImageProcessor, AlphaSiglipProcessor
 
+    provenance = card_provenance(card)
     folder = Path(folder)
     hf = siglip_model_from_open_clip(model)
     hf.save_pretrained(folder)
@@ -344,4 +349,9 @@ def save_siglip_hf(model: nn.Module, folder: PathLike, *, tokenizer: Any = None,
     else:
         AlphaSiglipProcessor.from_open_clip(model, tokenizer, mode=mode).save_pretrained(folder)
         logger.info("wrote transformers folder %s", folder)
+    if provenance is not None:
+        vc = hf.config.vision_config
+        write_model_card(folder, model_card("transformers-siglip", tower_from_hf_config(vc, "SigLIP", vc.hidden_size),
+                                            provenance, folder=folder.name, text_processor=tokenizer is not None,
+                                            mode=image_processor.mode), overwrite=overwrite_card)
     return folder

@@ -198,7 +198,7 @@ class AlphaCLIPVisionModel(AlphaCLIPPreTrainedModel):
             alpha_values: ``[B, 1, H, W]`` normalised alpha in ``[-1.9231, 1.9231]`` (foreground
                 +1.9231, background -1.9231), or None for the whole image.
             interpolate_pos_encoding: as in CLIP (then ``alpha_values`` has the images' H, W).
-            output_hidden_states, output_attentions, return_dict: as in CLIP.
+            **kwargs: ``output_hidden_states``, ``output_attentions``, ``return_dict``, as in CLIP.
         Returns:
             :class:`~transformers.modeling_outputs.BaseModelOutputWithPooling` like
             ``CLIPVisionModel``: ``last_hidden_state [B, 1 + num_patches, hidden]`` (before

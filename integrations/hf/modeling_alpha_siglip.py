@@ -140,7 +140,7 @@ class AlphaSiglipVisionModel(AlphaSiglipPreTrainedModel):
             alpha_values: ``[B, 1, H, W]`` normalised alpha in ``[-1.9231, 1.9231]`` (foreground
                 +1.9231, background -1.9231), or None for the whole image.
             interpolate_pos_encoding: as in SigLIP (then ``alpha_values`` has the images' H, W).
-            output_hidden_states, output_attentions, return_dict: as in SigLIP.
+            **kwargs: ``output_hidden_states``, ``output_attentions``, ``return_dict``, as in SigLIP.
         Returns:
             :class:`~transformers.modeling_outputs.BaseModelOutputWithPooling` like
             ``SiglipVisionModel``: ``last_hidden_state [B, num_patches, hidden]`` (after

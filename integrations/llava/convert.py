@@ -20,6 +20,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from alphaclip_integrations.hf import (AlphaCLIPImageProcessor, AlphaCLIPVisionC
                                       AlphaSiglipVisionConfig, AlphaSiglipVisionModel, siglip_vision_model_from_state_dict,
                                       vision_model_from_state_dict)
 
+from ..cards import Provenance, card_provenance, model_card, tower_from_hf_config, write_model_card
 from .modeling_alpha_llava import AlphaLlavaConfig, AlphaLlavaForConditionalGeneration
 from .processing_alpha_llava import AlphaLlavaProcessor
 from .weights import read_visual
@@ -162,7 +164,8 @@ def alpha_llava_from_llava(llava: LlavaForConditionalGeneration, checkpoint: Opt
 
 
 def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike, base: Optional[PathLike] = None,
-                  *, mode: Optional[str] = None, dtype: Optional[torch.dtype] = None) -> Path:
+                  *, mode: Optional[str] = None, dtype: Optional[torch.dtype] = None,
+                  card: Union[bool, Provenance] = True, overwrite_card: bool = False) -> Path:
     """Write an alpha LLaVA folder (``save_pretrained`` layout, loads with ``AutoModelForImageTextToText``
     after ``import alphaclip_integrations.llava``).
 
@@ -175,12 +178,19 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
             folder's image processor pads to a square (``do_pad``, LLaVA-1.5's own ``pad`` preprocessing),
             else ``crop`` (CLIP's resize + centre crop). Mean/std are taken from that image processor too.
         dtype: load (and write) the LLaVA weights in this dtype (default: as stored).
+        card: write a model card (``README.md``) naming ``checkpoint``, ``base`` and ``llava_folder`` (``True``),
+            one with a :class:`~alphaclip_integrations.cards.Provenance` you give (e.g. with ``base_model``,
+            the hub id of the LLaVA), or none (``False``).
+        overwrite_card: replace a ``README.md`` already in ``output`` (default: keep it).
     Returns:
         ``output`` as a Path.
     """
     llava_folder, output = Path(llava_folder), Path(output)
     if not (llava_folder / "config.json").is_file():
         raise FileNotFoundError(f"llava_folder: {llava_folder} has no config.json (expected a transformers LLaVA folder)")
+    provenance = card_provenance(card)
+    if provenance is not None and provenance.checkpoint is None and provenance.llava is None:
+        provenance = dataclasses.replace(provenance, checkpoint=checkpoint, base=base, llava=llava_folder)
     llava = LlavaForConditionalGeneration.from_pretrained(llava_folder, dtype=dtype if dtype is not None else "auto")
     model = alpha_llava_from_llava(llava, checkpoint, base)
     output.mkdir(parents=True, exist_ok=True)
@@ -189,6 +199,7 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
         tokenizer = AutoTokenizer.from_pretrained(llava_folder)
     except (OSError, ValueError) as e:
         logger.warning("%s has no loadable tokenizer (%s); writing the model without a processor", llava_folder, e)
+        _write_card(model, output, provenance, False, overwrite_card)
         return output
     vc = model.config.vision_config
     siglip = isinstance(vc, AlphaSiglipVisionConfig)
@@ -203,8 +214,19 @@ def convert_llava(llava_folder: PathLike, checkpoint: PathLike, output: PathLike
                                     chat_template=chat_template,
                                     num_additional_image_tokens=0 if siglip else 1)  # SigLIP: no CLS token
     processor.save_pretrained(output)
+    _write_card(model, output, provenance, True, overwrite_card)
     logger.info("wrote %s", output)
     return output
+
+
+def _write_card(model: AlphaLlavaForConditionalGeneration, output: Path, provenance: Optional[Provenance],
+                text_processor: bool, overwrite: bool) -> None:
+    if provenance is None:
+        return
+    vc = model.config.vision_config
+    family = "SigLIP" if isinstance(vc, AlphaSiglipVisionConfig) else "CLIP"
+    write_model_card(output, model_card("llava", tower_from_hf_config(vc, family), provenance, folder=output.name,
+                                        text_processor=text_processor), overwrite=overwrite)
 
 
 def _image_processor_config(folder: Path) -> dict:
@@ -234,9 +256,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mode", default=None, choices=("crop", "pad", "squash"),
                    help="image+alpha geometry (default: pad if the LLaVA image processor pads, else crop)")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--card", default="write", choices=("write", "overwrite", "none"),
+                   help="model card README.md: write (keeps an existing one), overwrite, none")
+    p.add_argument("--base-model", action="append", default=None,
+                   help="hub id of the LLaVA (and CLIP) the folder derives from, for the card's base_model (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    card = False if args.card == "none" else Provenance(args.checkpoint, args.base, llava=args.llava_folder,
+                                                         base_model=args.base_model)
     out = convert_llava(args.llava_folder, args.checkpoint, args.output, args.base, mode=args.mode,
-                        dtype=getattr(torch, args.dtype) if args.dtype else None)
+                        dtype=getattr(torch, args.dtype) if args.dtype else None, card=card,
+                        overwrite_card=args.card == "overwrite")
     print(out)
     return 0

@@ -79,7 +79,7 @@ def paired_batch(images: Any, transform: PairedTransform, masks: Optional[Sequen
         masks: None or a list of B entries, each None or one mask ``[H, W]`` (or ``[1, H, W]``) in the
             image's pixel frame (bool, 0/1, 0..255 uint8, float in [0, 1]).
         boxes: None or a list of B entries, each None or one xyxy pixel box ``[4]``.
-        An image with neither mask, box nor alpha channel gets the whole-image alpha.
+            An image with neither mask, box nor alpha channel gets the whole-image alpha.
     Returns:
         ``(pixels [B, 3, S, S], alpha [B, 1, S, S])``: CLIP-normalised RGB and normalised alpha
         (foreground +1.9231, background -1.9231), float32.

@@ -50,6 +50,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from alphaclip_core.checkpoints import load_alpha_clip, save_safetensors
 from alphaclip_core.model import AlphaCLIP, AlphaCustomTextCLIP, AlphaModel
 
+from ..cards import Provenance, card_provenance, model_card, tower_from_open_clip, write_model_card
+
 __all__ = ["MODEL_NAMES", "RELEASED", "PREFIX", "TIMM_VIT_MODULES", "Backbone", "backbones", "base_name",
            "alpha_config", "cache_dir", "pretrained_path", "build", "load", "save_pretrained", "register"]
 
@@ -375,14 +377,24 @@ def load(name: str, alpha_checkpoint: Union[str, os.PathLike], base: Optional[Un
     return model.eval(), preprocess
 
 
-def save_pretrained(model: AlphaModel, folder: Union[str, os.PathLike]) -> Path:
-    """Write ``model`` as an open_clip folder: ``open_clip_config.json`` + ``open_clip_model.safetensors``.
+def save_pretrained(model: AlphaModel, folder: Union[str, os.PathLike], *, card: Union[bool, Provenance] = True,
+                    overwrite_card: bool = False) -> Path:
+    """Write ``model`` as an open_clip folder: ``open_clip_config.json`` + ``open_clip_model.safetensors``,
+    and a model card (``README.md``, see :mod:`alphaclip_integrations.cards`).
 
     The folder loads back with ``open_clip.create_model_and_transforms('local-dir:' + folder)``
     (after ``import alphaclip_integrations.open_clip``).
+
+    Args:
+        model: an ``AlphaCLIP`` / ``AlphaCustomTextCLIP`` built from a config.
+        folder: the output folder (created if needed).
+        card: ``True``: write a card saying the weights' origin was not recorded; a
+            :class:`~alphaclip_integrations.cards.Provenance`: write a card with it; ``False``: no card.
+        overwrite_card: replace a ``README.md`` already in ``folder`` (default: keep it).
     """
     if not isinstance(model, AlphaModel) or model.model_cfg is None:
         raise ValueError("model: expected an AlphaCLIP built from a config (open_clip.create_model or AlphaCLIP(...))")
+    provenance = card_provenance(card)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     preprocess = dict(open_clip.model.get_model_preprocess_cfg(model))
@@ -390,6 +402,10 @@ def save_pretrained(model: AlphaModel, folder: Union[str, os.PathLike]) -> Path:
     config = {"model_cfg": model.model_cfg, "preprocess_cfg": preprocess}
     save_safetensors(model, folder / "open_clip_model.safetensors")
     (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if provenance is not None:
+        mode = {"squash": "squash", "longest": "pad"}.get(preprocess.get("resize_mode"), None)
+        write_model_card(folder, model_card("open_clip", tower_from_open_clip(model), provenance,
+                                            folder=folder.name, mode=mode), overwrite=overwrite_card)
     return folder
 
 

@@ -92,7 +92,8 @@ def locate(model: torch.nn.Module, tokenizer: Callable, image: Image.Image, phra
     Args:
         image: PIL image (H x W).
         phrase: what to look for, e.g. ``"the red umbrella"``; formatted into ``template``.
-        masks / boxes: candidate regions (``[K, H, W]`` masks; ``[K, 4]`` xyxy pixel boxes); both may be given.
+        masks: candidate regions as ``[K, H, W]`` masks (with ``boxes``: both kinds are candidates).
+        boxes: candidate regions as ``[K, 4]`` xyxy pixel boxes.
         mask_generator: used when neither masks nor boxes are given: a SAM automatic mask generator
             (see :func:`alphaclip_train.sam.automatic_mask_generator`).
         batch_size: regions per forward pass.
