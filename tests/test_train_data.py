@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy as np
 import open_clip
@@ -58,7 +59,7 @@ def test_synthetic_scene_is_deterministic_and_masks_are_exact():
 
 def test_shards_roundtrip_and_sources(shards, tmp_path):
     files = expand_sources(shards)
-    assert [f.name for f in files] == [f"shard-{i:05d}.tar" for i in range(4)]
+    assert [os.path.basename(f) for f in files] == [f"shard-{i:05d}.tar" for i in range(4)]
     assert expand_sources(str(shards / "shard-{00001..00002}.tar")) == files[1:3]
     assert expand_sources(str(shards / "*.tar")) == files
     samples = list(iter_shard(files[0]))
@@ -78,8 +79,6 @@ def test_batch_contents_match_the_paired_transform(shards):
     assert b["skipped"] == 0 and not b["whole"].any()
     # the first samples are the first record's regions in order: recompute them with the core transform
     key, img_bytes, rec = next(iter_shard(sorted(shards.glob("*.tar"))[0]))
-    order = ds.sources.index(sorted(shards.glob("*.tar"))[0])
-    assert order >= 0
     first = next(ds.batch_descriptors())[1][0]
     img = np.array(Image.open(io.BytesIO(first.image)).convert("RGB"))
     mask = rle_decode(first.record["regions"][first.region]["mask"])
