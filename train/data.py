@@ -66,7 +66,7 @@ from alphaclip_core.alpha import PairedTransform, boxes_to_masks, normalize_alph
 
 from . import sources as _sources
 from .index import ShardCounts, load_counts
-from .schema import decode_image, iter_records, validate_record
+from .schema import decode_image, describe_error, iter_records, validate_record
 from .sources import expand_sources
 
 __all__ = ["Descriptor", "expand_sources", "iter_records", "RegionBatches", "make_loader", "collate_stats"]
@@ -248,12 +248,12 @@ class RegionBatches(torch.utils.data.IterableDataset):
                     yield s
                     done += 1
         except Exception as e:  # noqa: BLE001 - any read error of a shard skips its remaining samples
-            reason = f"{type(e).__name__}: {e}"
+            reason = describe_error(e)
         finally:
             try:
                 records.close()
             except Exception as e:  # noqa: BLE001 - e.g. a pipe: command's exit status, seen on close
-                reason = reason or f"{type(e).__name__}: {e}"
+                reason = reason or describe_error(e)
         if done < expected:
             why = reason or "the shard ended early (its index is stale?)"
             logger.warning("data: shard %s unreadable after %d of %d samples (%s): the remaining %d are skipped",

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import sources as _sources
-from .schema import iter_records, validate_record
+from .schema import describe_error, iter_records, validate_record
 
 __all__ = ["ShardCounts", "INDEX_NAME", "INDEX_FORMAT", "sidecar_name", "count_source", "load_counts",
            "build_index", "write_folder_index", "read_folder_index", "folder_index_names", "record_items"]
@@ -139,7 +139,7 @@ def count_source(src: str) -> ShardCounts:
         for image, record in iter_records(src):
             counts.add(record if image is not None else str(record))
     except Exception as e:  # noqa: BLE001 - any read error (404, truncated stream, pipe exit status) is recorded
-        counts.error = f"{type(e).__name__}: {e}"
+        counts.error = describe_error(e)
         logger.warning("index: %s could not be read to its end (%s); counted %d readable samples",
                        src, counts.error, counts.samples)
     return counts

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import tarfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
@@ -36,7 +37,7 @@ from alphaclip_core.alpha import rle_decode, to_8bit
 from . import sources
 
 __all__ = ["SCHEMA_VERSION", "validate_record", "ShardWriter", "iter_shard", "iter_webdataset", "iter_records",
-           "parse_sample", "decode_image", "Sample", "IMAGE_EXTS"]
+           "parse_sample", "describe_error", "decode_image", "Sample", "IMAGE_EXTS"]
 
 SCHEMA_VERSION = 1
 Sample = Tuple[str, bytes, Dict[str, Any]]  # (key, image bytes, record)
@@ -162,6 +163,12 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def describe_error(e: BaseException) -> str:
+    """``"Type: message"`` of a read error, without the stream object webdataset appends (`` @ <...>``)."""
+    text = re.sub(r" @ <[^>]*>", "", str(e))
+    return f"{type(e).__name__}: {text}"
 
 
 def _split_member(name: str) -> Tuple[Optional[str], Optional[str]]:

@@ -1,4 +1,4 @@
-"""``alphaclip data ...``: prepare-grounding, prepare-classification, check, show.
+"""``alphaclip data ...``: prepare-grounding, prepare-classification, check, show, index.
 
 Heavy frameworks (segment_anything, transformers) are imported only inside the commands.
 Run the prepare commands under ``torchrun --nproc_per_node N -m alphaclip_core.cli data ...`` to
@@ -78,6 +78,32 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from ..index import INDEX_NAME, build_index
+    from ..sources import join_location
+
+    if args.threads < 1:
+        raise ValueError(f"--threads: expected >= 1, got {args.threads}")
+    written = build_index(args.sources, threads=args.threads, recount=args.recount, write=not args.dry_run,
+                          progress=not args.no_progress)
+    rows = []
+    for folder, entries in written.items():
+        samples = sum(c.samples for c in entries.values())
+        errors = {n: c.error for n, c in entries.items() if c.error}
+        rows.append({"index": join_location(folder, INDEX_NAME), "shards": len(entries), "samples": samples,
+                     "region_samples": sum(c.items() for c in entries.values()),
+                     "invalid": sum(c.invalid for c in entries.values()), "unreadable_shards": errors})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['index']}{' (not written: --dry-run)' if args.dry_run else ''}: {r['shards']} shards, "
+                  f"{r['samples']} samples, {r['region_samples']} region samples, {r['invalid']} invalid records")
+            for name, err in list(r["unreadable_shards"].items())[:20]:
+                print(f"  unreadable: {name}: {err}")
+    return 1 if any(r["unreadable_shards"] for r in rows) else 0
+
+
 def _cmd_show(args: argparse.Namespace) -> int:
     from .check import sample_overlay
 
@@ -140,6 +166,19 @@ def register(subparsers) -> None:
     p.add_argument("--max-problems", type=int, default=20, help="problems listed (all are counted)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("index", help="count each shard's samples once and write the folder's index.json, so that "
+                                     "training resumes without reading the shards again",
+                       description="Write index.json next to the shards (local folders, s3://, gs://... with their "
+                                   "fsspec package; an https:// server cannot be written to: index a local copy and "
+                                   "upload its index.json). Counts already in sidecars or an index are reused.")
+    p.add_argument("sources", nargs="+", help="shards, folders, globs, {000..099} ranges or URLs")
+    p.add_argument("--recount", action="store_true", help="read every shard, ignoring existing counts")
+    p.add_argument("--threads", type=int, default=16, help="shards read at a time (remote sources)")
+    p.add_argument("--dry-run", action="store_true", help="count and print, write nothing")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("show", help="write an overlay PNG of one sample's regions and phrases")
     p.add_argument("shard")
