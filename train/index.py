@@ -240,6 +240,16 @@ def _read_sidecars(srcs: Sequence[Tuple[int, str, str]], threads: int) -> Dict[i
 
 
 # ------------------------------------------------------------------------------------------------ loading
+def _drop_stale(srcs: Sequence[str], found: Dict[int, ShardCounts], what: str) -> None:
+    """Forget counts of local shards whose size changed since they were indexed."""
+    for i, c in list(found.items()):
+        size = _size(srcs[i])
+        if c.bytes is not None and size is not None and size != c.bytes:
+            logger.warning("index: %s changed since its %s was written (%d bytes, the %s says %d): not using it",
+                           srcs[i], what, size, what, c.bytes)
+            del found[i]
+
+
 def _resolve(srcs: Sequence[str], index: Optional[str], threads: int, progress: bool) -> List[ShardCounts]:
     found: Dict[int, ShardCounts] = {}
     explicit: Optional[Dict[str, ShardCounts]] = None
@@ -261,16 +271,13 @@ def _resolve(srcs: Sequence[str], index: Optional[str], threads: int, progress: 
             folders[folder] = read_folder_index(folder)
         if folders[folder] and name in folders[folder]:
             found[i] = folders[folder][name]
+    _drop_stale(srcs, found, "index")
     missing = [(i, _sources.source_folder(s), _sources.source_name(s)) for i, s in enumerate(srcs)
                if i not in found and _sources.source_folder(s) is not None]
-    found.update(_read_sidecars(missing, threads) if missing else {})
-    # a local shard whose size changed since it was indexed is counted again
-    for i, c in list(found.items()):
-        size = _size(srcs[i])
-        if c.bytes is not None and size is not None and size != c.bytes:
-            logger.warning("index: %s changed since it was indexed (%d bytes, index says %d): counting it again",
-                           srcs[i], size, c.bytes)
-            del found[i]
+    if missing:
+        sidecars = _read_sidecars(missing, threads)
+        _drop_stale(srcs, sidecars, "sidecar")
+        found.update(sidecars)
     todo = [i for i in range(len(srcs)) if i not in found]
     if todo:
         tars = [srcs[i] for i in todo if _sources.source_kind(srcs[i]) == "tar"]

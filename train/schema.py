@@ -192,11 +192,19 @@ def iter_webdataset(source: Union[str, os.PathLike]) -> Iterator[Tuple[str, Dict
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     src = os.fspath(source)
+    damage: List[BaseException] = []
+
+    def stop(e: BaseException) -> bool:  # a member that cannot be read ends the stream (the error is raised
+        damage.append(e)                  # below), so the complete sample before it is still yielded
+        return False
+
     with sources.open_source(src) as stream:
-        files = ({**f, "__url__": src} for f in tar_file_iterator(stream))
+        files = ({**f, "__url__": src} for f in tar_file_iterator(stream, handler=stop))
         for sample in group_by_keys(files, keys=_split_member):
             key = sample["__key__"]
             yield key, {k: v for k, v in sample.items() if not k.startswith("__")}
+    if damage:
+        raise damage[0]
 
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

@@ -10,8 +10,8 @@ A *source* is a string naming one shard (``.tar``) or JSONL file:
 
 :func:`expand_sources` turns what a user types into sources: ``{000..099}`` / ``{a,b}`` brace
 expressions (``braceexpand``, as webdataset and open_clip do), globs (local, or the URL's file system),
-folders (local or ``s3://bucket/prefix/``: their ``*.tar`` and ``*.jsonl`` files, or the shards listed
-in the folder's index). :func:`open_source` opens one source for sequential reading: ``pipe:`` through
+folders (local or ``s3://bucket/prefix/``: their ``*.tar`` and ``*.jsonl`` files; an ``https://``
+folder: the shards its ``index.json`` lists). :func:`open_source` opens one source for sequential reading: ``pipe:`` through
 webdataset's ``gopen`` (exit status checked), everything else through ``fsspec`` (HTTP streams in one
 request, object stores read ahead in blocks).
 """
@@ -25,7 +25,7 @@ import shlex
 from typing import IO, List, Optional, Sequence, Tuple, Union
 
 __all__ = ["SHARD_SUFFIXES", "expand_sources", "open_source", "is_pipe", "is_remote", "source_name",
-           "source_kind", "source_folder", "join_location", "read_bytes", "write_bytes_atomic"]
+           "source_kind", "source_folder", "join_location", "read_bytes", "write_bytes_atomic", "check_protocol"]
 
 PathLike = Union[str, os.PathLike]
 SHARD_SUFFIXES = (".tar", ".jsonl")
@@ -153,16 +153,21 @@ def _braces(pattern: str) -> List[str]:
 
 
 def _listing(folder: str, remote: bool) -> List[str]:
-    """The shards of a folder: those named in its index when it has one, else its *.tar / *.jsonl files."""
-    from .index import folder_index_names
-
-    names = folder_index_names(folder)
-    if names is not None:
-        return [join_location(folder, n) for n in names]
+    """The shards of a folder: its *.tar / *.jsonl files; for an HTTP(S) folder, which has no reliable
+    listing, the shards its ``index.json`` names."""
     if not remote:
         path = _local_path(folder)
         return [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(SHARD_SUFFIXES)
                 and os.path.isfile(os.path.join(path, n))]
+    if re.match(r"^https?://", folder, re.I):
+        from .index import folder_index_names
+
+        names = folder_index_names(folder)
+        if names is None:
+            raise FileNotFoundError(f"data: {folder}/ has no index.json, and an HTTP folder cannot be listed: name "
+                                    f"the shards (e.g. {folder}/shard-{{00000..00099}}.tar) or put the folder's "
+                                    f"index.json there (`alphaclip data index` on a local copy)")
+        return [join_location(folder, n) for n in names]
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(folder)
@@ -179,6 +184,25 @@ def _listing(folder: str, remote: bool) -> List[str]:
     return out
 
 
+_EXTRAS = {"http": "pip install 'alpha-clip[stream]' (aiohttp)", "https": "pip install 'alpha-clip[stream]' (aiohttp)",
+           "s3": "pip install s3fs", "gs": "pip install gcsfs", "gcs": "pip install gcsfs",
+           "az": "pip install adlfs", "abfs": "pip install adlfs", "hf": "pip install huggingface_hub"}
+
+
+def check_protocol(url: str) -> None:
+    """Raise ``ValueError`` naming the package to install when fsspec cannot open ``url``'s protocol."""
+    import fsspec
+
+    proto = url.split("://", 1)[0].lower()
+    try:
+        fsspec.get_filesystem_class(proto)
+    except ImportError as e:
+        hint = _EXTRAS.get(proto, f"install the fsspec implementation of {proto}://")
+        raise ValueError(f"data: {url!r} needs a package that is not installed: {hint} ({e})") from None
+    except ValueError:
+        raise ValueError(f"data: {url!r}: fsspec knows no protocol {proto!r}") from None
+
+
 def _expand_one(pattern: str) -> List[str]:
     remote = is_remote(pattern)
     if not remote:
@@ -190,6 +214,7 @@ def _expand_one(pattern: str) -> List[str]:
         return [path] if os.path.isfile(path) else []
     import fsspec
 
+    check_protocol(pattern)
     if any(c in pattern.split("://", 1)[1] for c in _GLOB_CHARS):
         fs, path = fsspec.core.url_to_fs(pattern)
         proto = pattern.split("://", 1)[0]
@@ -202,9 +227,9 @@ def _expand_one(pattern: str) -> List[str]:
 def expand_sources(sources: Union[PathLike, Sequence[PathLike]]) -> List[str]:
     """Resolve data sources to a list of ``.tar`` / ``.jsonl`` sources (strings), in argument order.
 
-    Each argument may hold brace expressions; a local folder or a URL that does not end in ``.tar`` /
-    ``.jsonl`` stands for the shards its index lists (see :mod:`alphaclip_train.index`) or, without
-    an index, its ``*.tar`` / ``*.jsonl`` files (sorted); ``pipe:`` commands are kept as they are
+    Each argument may hold brace expressions; a folder (local, ``s3://bucket/prefix/``...) stands for
+    its ``*.tar`` / ``*.jsonl`` files (sorted), an ``https://`` folder for the shards its
+    ``index.json`` lists (see :mod:`alphaclip_train.index`); ``pipe:`` commands are kept as they are
     (one source per brace expansion). A remote URL naming a shard is not checked here: a missing
     shard is reported (and skipped) when it is read.
 

@@ -35,7 +35,8 @@ def _cmd_grounding(args: argparse.Namespace) -> int:
 
     sam = _load_sam(args)
     summary = prepare_grounding(args.inputs, args.output, sam, spans=args.spans, min_box_size=args.min_box_size,
-                                box_batch=args.box_batch, sam_name=args.sam_type, progress=not args.no_progress)
+                                box_batch=args.box_batch, sam_name=args.sam_type, progress=not args.no_progress,
+                                restart=args.restart)
     if dist_env()[0] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
@@ -58,7 +59,7 @@ def _cmd_classification(args: argparse.Namespace) -> int:
         class_names=read_class_names(args.class_names) if args.class_names else None,
         images_per_shard=args.images_per_shard, top_k=args.top_k, min_score=args.min_score, min_area=args.min_area,
         crop_margin=args.crop_margin, phrase_template=args.phrase_template, amg_kwargs=amg, sam_name=args.sam_type,
-        progress=not args.no_progress)
+        progress=not args.no_progress, restart=args.restart)
     if dist_env()[0] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
     return 0
@@ -125,7 +126,8 @@ def register(subparsers) -> None:
     sub = data.add_subparsers(dest="data_command", required=True)
 
     p = sub.add_parser("prepare-grounding", help="GRIT-style shards (phrases + boxes) -> SAM masks -> training shards")
-    p.add_argument("inputs", nargs="+", help="input tar shards (img2dataset layout) or folders of *.tar")
+    p.add_argument("inputs", nargs="+", help="input tar shards (img2dataset layout) or folders of *.tar: local, "
+                                             "https://, s3://..., pipe: commands, {000..099} ranges")
     p.add_argument("--output", "-o", required=True, help="output folder (shards, stats, summary.json)")
     p.add_argument("--spans", nargs="+", default=["ref_exps"], choices=("ref_exps", "noun_chunks"),
                    help="GRIT span lists to read (default: ref_exps)")
@@ -133,6 +135,8 @@ def register(subparsers) -> None:
     p.add_argument("--box-batch", type=int, default=64, help="box prompts per SAM decoder call")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if present, else cpu), cpu, cuda:0, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="redo finished output shards made with other settings (default: refuse to mix them)")
     _add_sam_arguments(p)
     p.set_defaults(func=_cmd_grounding)
 
@@ -157,12 +161,14 @@ def register(subparsers) -> None:
     p.add_argument("--stability-score-thresh", type=float, default=0.95)
     p.add_argument("--box-nms-thresh", type=float, default=0.7)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--restart", action="store_true",
+                   help="redo finished output shards made with other settings (default: refuse to mix them)")
     _add_sam_arguments(p)
     add_model_arguments(p)
     p.set_defaults(func=_cmd_classification, device="auto")
 
     p = sub.add_parser("check", help="validate shards against the schema (decodes every mask and image)")
-    p.add_argument("shards", nargs="+", help="shard files or folders of *.tar")
+    p.add_argument("shards", nargs="+", help="shard files or folders of *.tar (local or URLs, {000..099} ranges)")
     p.add_argument("--max-problems", type=int, default=20, help="problems listed (all are counted)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_check)
@@ -181,7 +187,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=_cmd_index)
 
     p = sub.add_parser("show", help="write an overlay PNG of one sample's regions and phrases")
-    p.add_argument("shard")
+    p.add_argument("shard", help="a shard: path, URL or pipe: command")
     p.add_argument("key")
     p.add_argument("--output", "-o", help="PNG path (default: KEY.regions.png)")
     p.set_defaults(func=_cmd_show)
