@@ -294,3 +294,31 @@ def test_torchrun_ranks_split_and_resume_locally_and_over_http(served, tmp_path)
     # no index in raw/: rank 0 counted the shards (once per source list) and broadcast the counts
     tar_gets = [g for g in served.gets if g.endswith(".tar")]
     assert tar_gets.count("/raw/shard-00000.tar") <= 1 + 3  # one count + at most one read per stream built
+
+
+def test_training_from_http_equals_local_and_resumes_exactly(served, tmp_path):
+    from alphaclip_train.loop import KILL_ENV, TrainConfig, train
+    from alphaclip_train.synthetic import MICRO_CFG, init_model_dir
+
+    init_model_dir(tmp_path / "model", MICRO_CFG, seed=0)
+
+    def cfg(data, out, steps):
+        return TrainConfig(data=[data], output=str(tmp_path / out), model=f"local-dir:{tmp_path / 'model'}",
+                           steps=steps, batch_size=6, lr=1e-2, warmup=1, save_every=2, log_every=1, shuffle_buffer=8,
+                           threads=1, progress=False, seed=3)
+
+    local = train(cfg(str(served.root / "idx"), "local", 4))
+    remote = train(cfg(_http_shards(served), "remote", 4))
+    assert remote["loss"] == local["loss"] and remote["samples"] == local["samples"]
+    script = ("from alphaclip_train.loop import TrainConfig, train\n"
+              f"train(TrainConfig(**{cfg(_http_shards(served), 'resumed', 4).__dict__!r}))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", **{KILL_ENV: "3"})  # SIGKILLed after step 3: the checkpoint is step 2
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    resumed = train(cfg(_http_shards(served), "resumed", 4))        # resumes at step 2, over HTTP
+    assert resumed["loss"] == remote["loss"]
+    a = torch.load(tmp_path / "remote" / "checkpoints" / "latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "latest.pt", weights_only=True)
+    assert a["next_batch"] == b["next_batch"] == 4 and a["data"] == b["data"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k  # bitwise
