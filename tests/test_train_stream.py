@@ -322,3 +322,14 @@ def test_training_from_http_equals_local_and_resumes_exactly(served, tmp_path):
     assert a["next_batch"] == b["next_batch"] == 4 and a["data"] == b["data"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k  # bitwise
+
+
+def test_docs_training_data_example_runs(tmp_path, monkeypatch, capsys):
+    from conftest import doc_blocks
+
+    blocks = doc_blocks("docs/training-data.md")
+    assert len(blocks) == 1
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "docs/training-data.md", "exec"), {})
+    assert "batch 9 starts in epoch" in capsys.readouterr().out
+    assert (tmp_path / "toy-stream" / "index.json").is_file()
