@@ -250,6 +250,21 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam, caplog):
     assert {n: e["samples"] for n, e in index.items()} == {n: len(list(iter_shard(out / n))) for n in index}
 
 
+def test_inputs_from_pipe_commands_and_brace_ranges(tmp_path, sam):
+    """prepare-grounding and check read any source: here open_clip-style pipe: commands with a brace range."""
+    _grit_inputs(tmp_path / "in", n_shards=2, per_shard=2)
+    direct = prepare_grounding([tmp_path / "in"], tmp_path / "a", sam, sam_name="tiny", progress=False)
+    piped = prepare_grounding([f"pipe:cat {tmp_path / 'in'}/{{00000..00001}}.tar"], tmp_path / "b", sam,
+                              sam_name="tiny", progress=False)
+    assert piped["images"] == direct["images"] == 4 and piped["regions"] == direct["regions"]
+    for name in ("00000.tar", "00001.tar"):                    # output shards keep the piped files' names
+        assert [r for _, _, r in iter_shard(tmp_path / "b" / name)] == [r for _, _, r in iter_shard(tmp_path / "a" / name)]
+    report = check_shards([f"pipe:cat {tmp_path / 'b'}/{{00000..00001}}.tar"])
+    assert report.ok and report.shards == 2 and report.samples == 4
+    bad = check_shards([f"pipe:cat {tmp_path / 'b'}/missing.tar"])    # the command fails: an unreadable shard
+    assert not bad.ok and bad.problems[0].startswith("missing.tar: unreadable shard")
+
+
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
 def test_torchrun_two_ranks_split_the_shards(tmp_path):
     _grit_inputs(tmp_path / "in", n_shards=5, per_shard=1)
