@@ -83,14 +83,14 @@ def reader_rate(folder: Path, n_batches: int) -> dict:
     from alphaclip_train.data import RegionBatches
 
     ds = RegionBatches([str(folder)], lambda t: None, 32, 224, shuffle_buffer=1000)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     samples = 0
     for _, (_, items, problems) in zip(range(n_batches), ds.batch_descriptors()):
         samples += len(items) + len(problems)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     records_per_sample = sum(c.samples for c in ds.counts) / sum(ds.items)
-    return {"samples": samples, "seconds": dt, "samples_per_s": samples / dt,
-            "records_per_s": samples * records_per_sample / dt}
+    return {"samples": samples, "wall_seconds": dt, "cpu_seconds": cpu, "samples_per_s": samples / cpu,
+            "records_per_s": samples * records_per_sample / cpu, "records_per_wall_s": samples * records_per_sample / dt}
 
 
 def loader_rate(folder: Path, size: int, workers: int, n_batches: int) -> dict:
@@ -114,7 +114,7 @@ def train_flops_per_sample() -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    import alphaclip_integrations.open_clip  # noqa: F401
+    import alphaclip_integrations.open_clip  # noqa: F401  (registers alpha-ViT-B-16)
 
     model = open_clip.create_model("alpha-ViT-B-16")
     model.visual.check_alpha = False
@@ -242,8 +242,9 @@ def markdown(r: dict) -> str:
         lines.append(f"| {d['image_size']} px | {d['samples_per_s']:.0f} | {1000 / d['samples_per_s']:.2f} | "
                      f"{d['samples_per_wall_s']:.0f} |")
     rd = r["reader"]
-    lines += ["", f"Reader (main-process thread, one per rank: tar parse + JSON + validation, no decode): "
-                  f"{rd['records_per_s']:.0f} records/s = {rd['samples_per_s']:.0f} region samples/s.", "",
+    lines += ["", f"Reader (a thread of each training process, feeding all its workers: tar parse + JSON + validation, "
+                  f"no decode; per CPU second): {rd['records_per_s']:.0f} records/s = {rd['samples_per_s']:.0f} region "
+                  f"samples/s ({rd['records_per_wall_s']:.0f} records/s by the wall clock on this loaded machine).", "",
               "End to end, `make_loader(..., num_workers=2)` on this 2-core machine (reader thread + 2 workers + "
               "the consuming loop share 2 cores):", "", "| model input | samples/s |", "|---|---|"]
     for d in r["loader_2_workers"]:
