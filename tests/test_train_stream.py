@@ -18,6 +18,7 @@ import open_clip
 import pytest
 import torch
 
+import alphaclip_train.data as data_mod
 import alphaclip_train.sources as sources_mod
 from alphaclip_train.data import RegionBatches, make_loader
 from alphaclip_train.index import INDEX_NAME, ShardCounts, build_index, load_counts, read_folder_index
@@ -43,6 +44,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         if self.path in srv.missing:
             self.send_error(404, "gone")
             return
+        if self.path in srv.flaky:                     # cut off once, whole the next time
+            srv.flaky.discard(self.path)
+            srv.cut.add(self.path)
+            srv.heal.add(self.path)
+        elif self.path in srv.heal:
+            srv.cut.discard(self.path)
+            srv.heal.discard(self.path)
         if self.path in srv.cut:
             data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
@@ -66,6 +74,7 @@ def served(tmp_path_factory):
         shutil.copy(p, root / "raw" / p.name)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
     server.lock, server.gets, server.missing, server.cut = threading.Lock(), [], set(), set()
+    server.flaky, server.heal = set(), set()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     server.root = root
@@ -161,7 +170,8 @@ def test_data_index_command_and_folder_index(served, tmp_path):
     assert main(["data", "index", str(tmp_path / "nothing-here")]) == 2
 
 
-def test_broken_remote_shards_are_counted_and_skipped(served, caplog):
+def test_broken_remote_shards_are_counted_and_skipped(served, caplog, monkeypatch):
+    monkeypatch.setattr(data_mod, "RETRY_WAIT", 0.0)
     local = _ds(str(served.root / "idx"), shuffle_buffer=0)
     n = -(-local.epoch_items // 6)
     ref = [x for _, x in zip(range(n), local.batch_descriptors())]
@@ -191,7 +201,23 @@ def test_broken_remote_shards_are_counted_and_skipped(served, caplog):
     assert lost[1] == local.items[1]  # 404: every sample of the shard skipped
     assert 0 < lost[3] <= local.items[3]  # cut mid-stream: skipped from the cut on (never a stopped run)
     assert f"{served.url}/idx/shard-00001.tar unreadable after 0 of {local.items[1]}" in caplog.text
+    assert "shard-00001.tar failed after" not in caplog.text  # a 404 is not retried, a cut stream is
+    assert f"{served.url}/idx/shard-00003.tar failed after" in caplog.text and "(2 of 2)" in caplog.text
     assert f"{served.url}/idx/shard-00003.tar unreadable after" in caplog.text and "content length" in caplog.text
+
+
+def test_a_stream_cut_once_is_read_again_and_nothing_is_lost(served, caplog, monkeypatch):
+    monkeypatch.setattr(data_mod, "RETRY_WAIT", 0.0)
+    ref = _take(_ds(str(served.root / "idx")), 6)
+    served.flaky.add("/idx/shard-00002.tar")
+    try:
+        with caplog.at_level(logging.WARNING):
+            got = _take(_ds(_http_shards(served)), 6)
+    finally:
+        served.flaky.clear(), served.cut.clear(), served.heal.clear()
+    assert "shard-00002.tar failed after" in caplog.text and "opening it again (1 of 2)" in caplog.text
+    _same(ref, got)  # the retry re-reads up to the failure: the same samples, none skipped
+    assert all(b["skipped"] == 0 for b in got)
 
 
 def _take_samples(ds, n):

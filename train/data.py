@@ -55,6 +55,7 @@ import os
 import queue
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -71,6 +72,11 @@ from .sources import expand_sources
 __all__ = ["Descriptor", "expand_sources", "iter_records", "RegionBatches", "make_loader", "collate_stats"]
 
 logger = logging.getLogger(__name__)
+
+#: a shard whose read fails (other than a missing file) is opened again this many times, waiting
+#: RETRY_WAIT x attempt seconds before each
+RETRIES = 2
+RETRY_WAIT = 1.0
 
 PathLike = Union[str, os.PathLike]
 Segment = Tuple[int, int, int]  # (source index, first sample, end sample) within the source's samples
@@ -229,30 +235,44 @@ class RegionBatches(torch.utils.data.IterableDataset):
     def _source_samples(self, epoch: int, src: int) -> Iterator[Union[Descriptor, str]]:
         """Exactly ``self.items[src]`` samples of source ``src`` in epoch ``epoch`` (strings: problems).
 
-        A source that fails (missing, 404, truncated, pipe exit status) or holds fewer samples than its
-        index says gives the rest as problems; extra samples beyond the index are dropped (warned).
+        A read error other than a missing file is retried ``RETRIES`` times (the shard is opened again and
+        read up to where it failed: the same records give the same samples). A source that still fails
+        (missing, 404, truncated, pipe exit status) or holds fewer samples than its index says gives the
+        rest as problems; extra samples beyond the index are dropped (warned).
         """
         url, expected = self.sources[src], self.items[src]
-        done = 0
-        reason = None
-        records = iter_records(url)
-        try:
-            for n, (image, record) in enumerate(records):
-                for s in self._record_samples(image, record, random.Random(_seed(self.seed, epoch, src, n, 2))):
-                    if done == expected:
-                        logger.warning("data: %s holds more samples than its index says (%d): the index is stale, "
-                                       "extra samples are not used; run `alphaclip data index --recount`", url,
-                                       expected)
-                        return
-                    yield s
-                    done += 1
-        except Exception as e:  # noqa: BLE001 - any read error of a shard skips its remaining samples
-            reason = describe_error(e)
-        finally:
+        done = records_done = attempts = 0
+        reason: Optional[str] = None
+        while True:
+            records = iter_records(url)
             try:
-                records.close()
-            except Exception as e:  # noqa: BLE001 - e.g. a pipe: command's exit status, seen on close
-                reason = reason or describe_error(e)
+                for n, (image, record) in enumerate(records):
+                    if n < records_done:
+                        continue  # yielded before a retry
+                    for s in self._record_samples(image, record, random.Random(_seed(self.seed, epoch, src, n, 2))):
+                        if done == expected:
+                            logger.warning("data: %s holds more samples than its index says (%d): the index is "
+                                           "stale, extra samples are not used; run `alphaclip data index --recount`",
+                                           url, expected)
+                            return
+                        yield s
+                        done += 1
+                    records_done = n + 1
+                reason = None
+                break
+            except Exception as e:  # noqa: BLE001 - any read error of a shard: retry, then skip its remaining samples
+                reason = describe_error(e)
+                attempts += 1
+                if attempts > RETRIES or isinstance(e, FileNotFoundError) or done == expected:
+                    break
+                logger.warning("data: %s failed after %d of %d samples (%s): opening it again (%d of %d)", url, done,
+                               expected, reason, attempts, RETRIES)
+                time.sleep(RETRY_WAIT * attempts)
+            finally:
+                try:
+                    records.close()
+                except Exception as e:  # noqa: BLE001 - e.g. a pipe: command's exit status, seen on close
+                    reason = reason or describe_error(e)
         if done < expected:
             why = reason or "the shard ended early (its index is stale?)"
             logger.warning("data: shard %s unreadable after %d of %d samples (%s): the remaining %d are skipped",
