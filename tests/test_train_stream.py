@@ -138,7 +138,9 @@ def test_remote_without_index_is_counted_once_with_a_warning(served, caplog):
     with caplog.at_level(logging.WARNING):
         ds = _ds(_http_shards(served, "raw"))
     assert "no index for 6 of 6 shard(s)" in caplog.text and "alphaclip data index" in caplog.text
-    assert sorted(g for g in served.gets if g.endswith(".tar")) == [f"/raw/shard-{i:05d}.tar" for i in range(6)]
+    # (only /raw/: a reader thread of an earlier test's loader may still be reading ahead in /idx/)
+    assert sorted(g for g in served.gets if g.startswith("/raw/") and g.endswith(".tar")) == [
+        f"/raw/shard-{i:05d}.tar" for i in range(6)]
     _same(_take(_ds(str(served.root / "idx")), 4), _take(ds, 4))
 
 
@@ -158,7 +160,7 @@ def test_data_index_command_and_folder_index(served, tmp_path):
     try:
         served.gets.clear()
         ds = _ds(f"{served.url}/raw/")
-        assert served.gets == [f"/raw/{INDEX_NAME}", f"/raw/{INDEX_NAME}"]  # listing + counts
+        assert [g for g in served.gets if g.startswith("/raw/")] == [f"/raw/{INDEX_NAME}"] * 2  # listing + counts
         assert len(ds.sources) == N_SHARDS
     finally:
         (served.root / "raw" / INDEX_NAME).unlink()
