@@ -29,7 +29,7 @@ def world(tmp_path_factory):
 
 
 def _cfg(world, out, name, **kw):
-    d = dict(data=[str(world / "data")], output=str(out), model="alpha-" + name, steps=16, batch_size=8, lr=3e-3,
+    d = dict(data=[str(world / "data")], output=str(out), model="alpha-" + name, steps=24, batch_size=8, lr=3e-3,
              lr_ratio=1.0, warmup=1, save_every=100, log_every=1, shuffle_buffer=8, threads=1, progress=False, seed=3)
     d.update(kw)
     return TrainConfig(**d)
@@ -140,7 +140,7 @@ def test_a_short_run_lowers_the_loss_and_its_outputs_load_back(world, tmp_path, 
     batch = _batch(world, name, start)
     before = _eval_loss(start, batch, loss)
     summary = train(_cfg(world, tmp_path / "run", name, init=str(tmp_path / "init.safetensors")))
-    assert summary["step"] == 16
+    assert summary["step"] == 24
     final = open_clip.create_model(f"local-dir:{tmp_path / 'run' / 'final'}").eval()
     after = _eval_loss(final, batch, loss)
     assert after < 0.8 * before, (before, after)

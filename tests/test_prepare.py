@@ -214,7 +214,7 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam, caplog):
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare_grounding([tmp_path / "in"], out, _predictor(sam, kill_at=4), progress=False)  # 2nd image of shard 1
-    assert sorted(p.name for p in out.iterdir()) == ["00000.stats.json", "00000.tar"]   # shard in flight gone
+    assert sorted(p.name for p in out.iterdir()) == ["00000.index.json", "00000.stats.json", "00000.tar"]  # in flight: gone
     first = (out / "00000.tar").stat()
     # a hard kill (SIGKILL) can also leave a partial file, or a shard renamed before its stats were written
     (out / ".00001.tar.partial").write_bytes(b"half a tar")
@@ -228,11 +228,41 @@ def test_resume_after_kill_redoes_only_unfinished_shards(tmp_path, sam, caplog):
     assert [k for k, _, _ in iter_shard(out / "00002.tar")] == ["002000", "002001"]
     assert not (out / ".00001.tar.partial").exists() and check_shards([out]).ok
 
-    with caplog.at_level(logging.WARNING, logger="alphaclip.prepare"):
-        again = prepare_grounding([tmp_path / "in"], out, counting, spans=("noun_chunks",), progress=False)
+    again = prepare_grounding([tmp_path / "in"], out, counting, progress=False)
     assert counting.calls == 4 and {k: v for k, v in again.items() if k != "config"} == {
         k: v for k, v in summary.items() if k != "config"}                 # everything finished: nothing redone
-    assert "finished shards were made with other settings (spans)" in caplog.text
+    # the folder index (rank 0, at the end) holds every shard's counts: training needs no pass over the shards
+    index = json.loads((out / "index.json").read_text())["shards"]
+    assert sorted(index) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert sum(e["samples"] for e in index.values()) == 6 and sum(e["regions"] for e in index.values()) == 12
+    # other settings: refused before any work, naming what differs; --restart redoes the shards
+    with pytest.raises(ValueError, match=r"3 finished shard\(s\) made with other settings \(spans differ\).*--restart"):
+        prepare_grounding([tmp_path / "in"], out, counting, spans=("noun_chunks",), progress=False)
+    assert counting.calls == 4
+    with caplog.at_level(logging.WARNING, logger="alphaclip.prepare"):
+        redone = prepare_grounding([tmp_path / "in"], out, counting, spans=("noun_chunks",), progress=False,
+                                   restart=True)
+    assert redone["complete"] and redone["config"]["spans"] == ["noun_chunks"] and redone["shards_done"] == 3
+    assert "restart: redoing 3 shard(s) made with other settings (spans)" in caplog.text
+    stats = [json.loads(p.read_text())["config"]["spans"] for p in sorted(out.glob("*.stats.json"))]
+    assert stats == [["noun_chunks"]] * 3
+    index = json.loads((out / "index.json").read_text())["shards"]
+    assert {n: e["samples"] for n, e in index.items()} == {n: len(list(iter_shard(out / n))) for n in index}
+
+
+def test_inputs_from_pipe_commands_and_brace_ranges(tmp_path, sam):
+    """prepare-grounding and check read any source: here open_clip-style pipe: commands with a brace range."""
+    _grit_inputs(tmp_path / "in", n_shards=2, per_shard=2)
+    direct = prepare_grounding([tmp_path / "in"], tmp_path / "a", sam, sam_name="tiny", progress=False)
+    piped = prepare_grounding([f"pipe:cat {tmp_path / 'in'}/{{00000..00001}}.tar"], tmp_path / "b", sam,
+                              sam_name="tiny", progress=False)
+    assert piped["images"] == direct["images"] == 4 and piped["regions"] == direct["regions"]
+    for name in ("00000.tar", "00001.tar"):                    # output shards keep the piped files' names
+        assert [r for _, _, r in iter_shard(tmp_path / "b" / name)] == [r for _, _, r in iter_shard(tmp_path / "a" / name)]
+    report = check_shards([f"pipe:cat {tmp_path / 'b'}/{{00000..00001}}.tar"])
+    assert report.ok and report.shards == 2 and report.samples == 4
+    bad = check_shards([f"pipe:cat {tmp_path / 'b'}/missing.tar"])    # the command fails: an unreadable shard
+    assert not bad.ok and bad.problems[0].startswith("missing.tar: unreadable shard")
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import random
+import tarfile
 
 import numpy as np
 import open_clip
@@ -12,6 +15,7 @@ from PIL import Image
 
 from alphaclip_core.alpha import PairedTransform, rle_decode
 from alphaclip_train.data import RegionBatches, expand_sources, iter_records, make_loader
+from alphaclip_train.index import ShardCounts, load_counts
 from alphaclip_train.schema import iter_shard, validate_record
 from alphaclip_train.synthetic import COLOURS, render_scene, scene_record, write_shards
 
@@ -58,7 +62,7 @@ def test_synthetic_scene_is_deterministic_and_masks_are_exact():
 
 def test_shards_roundtrip_and_sources(shards, tmp_path):
     files = expand_sources(shards)
-    assert [f.name for f in files] == [f"shard-{i:05d}.tar" for i in range(4)]
+    assert [os.path.basename(f) for f in files] == [f"shard-{i:05d}.tar" for i in range(4)]
     assert expand_sources(str(shards / "shard-{00001..00002}.tar")) == files[1:3]
     assert expand_sources(str(shards / "*.tar")) == files
     samples = list(iter_shard(files[0]))
@@ -78,8 +82,6 @@ def test_batch_contents_match_the_paired_transform(shards):
     assert b["skipped"] == 0 and not b["whole"].any()
     # the first samples are the first record's regions in order: recompute them with the core transform
     key, img_bytes, rec = next(iter_shard(sorted(shards.glob("*.tar"))[0]))
-    order = ds.sources.index(sorted(shards.glob("*.tar"))[0])
-    assert order >= 0
     first = next(ds.batch_descriptors())[1][0]
     img = np.array(Image.open(io.BytesIO(first.image)).convert("RGB"))
     mask = rle_decode(first.record["regions"][first.region]["mask"])
@@ -103,6 +105,7 @@ def test_whole_image_ratio(shards):
     descs = next(some.batch_descriptors())[1]
     frac = np.mean([x.region < 0 for x in descs])
     assert 0.1 < frac < 0.4, frac  # ~0.3 of region draws become (deduplicated) whole-image samples
+    assert len(descs) == 200 and all(x.region < len(x.record["regions"]) for x in descs)
     with pytest.raises(ValueError, match=r"whole_image_ratio: expected a fraction in \[0, 1\]"):
         RegionBatches([shards], TOK, 4, 32, whole_image_ratio=1.5)
 
@@ -160,9 +163,45 @@ def test_truncated_shard_gives_its_complete_samples(shards, tmp_path):
     good = sorted(shards.glob("*.tar"))[0]
     data = good.read_bytes()
     (tmp_path / "a.tar").write_bytes(data)
-    (tmp_path / "b.tar").write_bytes(data[: len(data) // 3])       # truncated mid-member
+    with tarfile.open(good) as tar:
+        member = tar.getmembers()[7]                                  # the 4th sample's record
+    (tmp_path / "b.tar").write_bytes(data[: member.offset_data + member.size // 2])  # cut inside its data
+    complete = []
+    with pytest.raises(tarfile.ReadError, match="unexpected end of data"):
+        for item in iter_records(tmp_path / "b.tar"):                # the samples before the damage, then the error
+            complete.append(item)
+    assert len(complete) == 3 and all(isinstance(r, dict) for _, r in complete)
+    a, b = load_counts([str(tmp_path / "a.tar"), str(tmp_path / "b.tar")])
+    assert a.samples == 10 and a.error is None
+    assert b.samples == len(complete) and b.error.startswith("ReadError: unexpected end of data")
     ds = RegionBatches([tmp_path], TOK, 4, 32, whole_image_ratio=0.0, shuffle_buffer=0)
-    complete = list(iter_records(tmp_path / "b.tar"))
-    assert 0 < len(complete) < 10 and all(isinstance(r, dict) for _, r in complete)
+    assert ds.epoch_items == a.regions + sum(len(r["regions"]) for _, r in complete)
     batches = _batches(ds, 12)
     assert sum(b["image"].shape[0] for b in batches) == 48 and all(b["skipped"] == 0 for b in batches)
+
+
+def test_index_counts_equal_the_samples_the_stream_draws():
+    """record_items (what an index predicts) == what RegionBatches makes of a record, for every kind of record."""
+    rng = np.random.default_rng(0)
+    ds = RegionBatches.__new__(RegionBatches)
+    for whole_ratio in (0.0, 0.3, 0.99, 1.0):
+        ds.whole_image_ratio, ds.whole_only = whole_ratio, whole_ratio >= 1.0
+        counts = ShardCounts()
+        drawn = 0
+        for n in range(300):
+            k = int(rng.integers(0, 4))
+            rec = {"key": f"k{n}", "width": 8, "height": 8, "caption": ["", " ", "a scene"][n % 3],
+                   "regions": [{"phrase": f"p{i}", "box": [0, 0, 4, 4]} for i in range(k)]}
+            if n % 17 == 0:
+                rec["regions"] = [{"phrase": "bad", "box": [5, 5, 1, 1]}]       # invalid record
+            if n % 23 == 0:
+                rec = f"member k{n}.json is not valid JSON"                       # unparseable record
+            image = None if isinstance(rec, str) else b"x"
+            out = ds._record_samples(image, rec, random.Random(n))
+            counts.add(rec)
+            drawn += len(out)
+            whole = [d for d in out if not isinstance(d, str) and d.region < 0]
+            assert len(whole) <= 1
+            if ds.whole_only and isinstance(rec, dict) and rec["caption"].strip() and n % 17:
+                assert len(out) == 1 and len(whole) == 1
+        assert counts.items(ds.whole_only) == drawn, whole_ratio

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train Alpha-CLIP with the paper's recipe. For DDP: "
                     "torchrun --nproc_per_node N -m alphaclip_core.cli train ... (NCCL on GPU, gloo on CPU). "
                     "Running again with the same --output resumes from its last checkpoint.")
-    p.add_argument("data", nargs="+", help=".tar shards, .jsonl files, folders of them, globs or {000..009} ranges")
+    p.add_argument("data", nargs="+", help=".tar shards, .jsonl files, folders of them, globs or {000..009} ranges; "
+                                           "local, https://, s3://, gs://... or pipe: commands (docs/training-data.md)")
     p.add_argument("--output", "-o", required=True, help="run folder: checkpoints/, log.jsonl, final/")
     p.add_argument("--model", default=d.model, help="open_clip alpha model name or local-dir:FOLDER")
     p.add_argument("--init", help="starting weights: plain CLIP (alpha conv starts at zero), Alpha-CLIP, "

@@ -392,7 +392,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if not train_text:
             text_tower.eval()  # frozen text tower (no dropout either way)
 
-        start_step, next_batch = 0, 0
+        start_step, next_batch, data_before = 0, 0, None
         totals = torch.zeros(4, dtype=torch.float64)  # samples, whole-image, skipped, empty steps (all ranks)
         latest = ckpt_dir / "latest.pt"
         if cfg.resume and latest.exists():
@@ -402,6 +402,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             saved = state.get("totals")
             if isinstance(saved, torch.Tensor) and saved.numel() <= totals.numel():
                 totals[:saved.numel()] = saved.to(torch.float64)
+            data_before = state.get("data")
             if int(state["world_size"]) != world:
                 logger.warning("resuming a %d-process run with %d processes: the data order changes",
                                int(state["world_size"]), world)
@@ -417,6 +418,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             whole_image_ratio=1.0 if cfg.stage == "clip" else cfg.whole_image_ratio, mode=cfg.mode,
             mean=vcfg.get("mean"), std=vcfg.get("std"), seed=cfg.seed, rank=rank, world_size=world,
             shuffle_buffer=cfg.shuffle_buffer, start_batch=next_batch)
+        if data_before is not None and data_before != dataset.fingerprint():
+            logger.warning("resuming with other data or data settings than the checkpoint's (sources, their sample "
+                           "counts, seed, batch size, r_s, shuffle buffer or process count changed): the batches "
+                           "from here on differ from an uninterrupted run's")
         loader = iter(make_loader(dataset, cfg.workers))
 
         towers = _Towers(model, train_text)
@@ -524,7 +529,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 bar.set_postfix(loss=f"{last_loss:.4f}", skipped=int(totals[2]))
                 t0, seen = time.perf_counter(), 0
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world, totals)
+                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world, totals,
+                                 dataset.fingerprint())
             if kill_at and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
@@ -591,7 +597,8 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
 
 
 def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int, next_batch: int,
-                     cfg: TrainConfig, rank: int, world: int, totals: Optional[torch.Tensor] = None) -> None:
+                     cfg: TrainConfig, rank: int, world: int, totals: Optional[torch.Tensor] = None,
+                     data: Optional[str] = None) -> None:
     rng = _rng_state()
     if world > 1:
         all_rng: List[Any] = [None] * world
@@ -601,7 +608,7 @@ def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int
     if rank == 0:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
-                 "next_batch": next_batch, "world_size": world, "rng": all_rng,
+                 "next_batch": next_batch, "world_size": world, "rng": all_rng, "data": data,
                  "config": json.dumps(asdict(cfg)),
                  "totals": (totals if totals is not None else torch.zeros(4, dtype=torch.float64)).clone()}
         atomic_write(path, lambda tmp: torch.save(state, tmp))

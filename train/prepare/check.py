@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+
+from typing import Any, Dict, List, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
 from alphaclip_core.alpha import boxes_to_masks, rle_decode
-from alphaclip_train.schema import iter_shard, validate_record
+from alphaclip_train.schema import describe_error, iter_shard, validate_record
+from alphaclip_train.sources import source_name
 
 from .common import decode_image, expand_inputs
 
@@ -48,7 +48,7 @@ def check_shards(paths: Sequence[Union[str, os.PathLike]], max_problems: int = 2
     its size compared with the record's, keys unique per shard.
 
     Args:
-        paths: shard files and/or folders of ``*.tar``.
+        paths: shard files and/or folders of ``*.tar``, local or remote (see :mod:`alphaclip_train.sources`).
         max_problems: how many problem strings to keep (all are counted).
     """
     report = CheckReport()
@@ -64,7 +64,7 @@ def check_shards(paths: Sequence[Union[str, os.PathLike]], max_problems: int = 2
         try:
             for key, data, record in iter_shard(path):
                 report.samples += 1
-                where = f"{path.name}/{key}"
+                where = f"{source_name(path)}/{key}"
                 if key in seen:
                     problem(f"{where}: key appears twice")
                 seen.add(key)
@@ -86,8 +86,8 @@ def check_shards(paths: Sequence[Union[str, os.PathLike]], max_problems: int = 2
                             report.box_only += 1
                         else:
                             report.masks += 1
-        except (tarfile.TarError, OSError, ValueError) as e:
-            problem(f"{path.name}: unreadable shard ({e})")
+        except Exception as e:  # noqa: BLE001 - truncated tar, bad JSON member, 404, failed pipe: command
+            problem(f"{source_name(path)}: unreadable shard ({describe_error(e)})")
     return report
 
 

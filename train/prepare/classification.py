@@ -207,7 +207,7 @@ def prepare_classification(root: Union[str, os.PathLike], output_dir: Union[str,
                            templates: Sequence[str] = ("a photo of a {}.",),
                            amg_kwargs: Optional[Dict[str, Any]] = None, sam_name: str = "sam",
                            rank: Optional[int] = None, world: Optional[int] = None, progress: bool = True,
-                           ) -> Dict[str, Any]:
+                           restart: bool = False) -> Dict[str, Any]:
     """Turn a labelled image folder into training shards of (mask, caption + class name) regions.
 
     Args:
@@ -227,7 +227,7 @@ def prepare_classification(root: Union[str, os.PathLike], output_dir: Union[str,
         templates: CLIP prompt templates for the class texts.
         amg_kwargs: passed to ``SamAutomaticMaskGenerator`` (``points_per_side``, ``pred_iou_thresh``, ...).
         sam_name: recorded in each region's ``source`` (``sam-<sam_name>+clip``).
-        rank, world, progress: as in :func:`alphaclip_train.prepare.grounding.prepare_grounding`.
+        rank, world, progress, restart: as in :func:`alphaclip_train.prepare.grounding.prepare_grounding`.
     Returns:
         the run's summary (also written to ``output_dir/summary.json``). Drop reasons: ``small_mask``,
         ``low_score``, ``beyond_top_k``; failures: ``corrupt_image``, ``missing_image``.
@@ -324,4 +324,4 @@ def prepare_classification(root: Union[str, os.PathLike], output_dir: Union[str,
         stats.regions += len(regions)
 
     return run_shards(output_dir, names, process, pipeline="classification", config=config, rank=rank,
-                      world=world, progress=progress)
+                      world=world, progress=progress, restart=restart)

@@ -5,10 +5,14 @@ names, written with :class:`alphaclip_train.schema.ShardWriter` (atomic). Under 
 takes the input shards ``i`` with ``i % world == rank`` (:func:`partition`): disjoint, none missing.
 
 Resume: an output shard is *finished* when its stats file ``<name>.stats.json`` exists; it is written
-(atomically) right after the shard itself, so a killed run loses at most the shard in flight, and a rerun
-skips finished shards. After all ranks are done (a gloo barrier under torchrun), rank 0 sums the stats of
-every finished shard into ``summary.json`` beside the shards (atomic): counts of images, regions, dropped
-regions (by reason), failed images, and which shards are done.
+(atomically) right after the shard itself (and its ``<name>.index.json`` counts), so a killed run loses
+at most the shard in flight, and a rerun skips finished shards. Each stats file records the run's
+settings (``config``: inputs, models, thresholds...): a rerun with other settings is refused with a
+message naming the settings that differ, unless ``restart`` asks to redo those shards. After all ranks
+are done (a gloo barrier under torchrun), rank 0 sums the stats of every finished shard into
+``summary.json`` beside the shards (atomic): counts of images, regions, dropped regions (by reason),
+failed images, and which shards are done; and writes the folder's ``index.json`` (every shard's sample
+counts, from the sidecars: see :mod:`alphaclip_train.index`).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from alphaclip_core.checkpoints import atomic_write
-from alphaclip_train.schema import decode_image, iter_webdataset  # noqa: F401  (re-exported for prepare's modules)
+from alphaclip_train.schema import IMAGE_EXTS, decode_image, iter_webdataset  # noqa: F401  (re-exported for prepare)
 
 logger = logging.getLogger("alphaclip.prepare")
 
@@ -136,21 +140,31 @@ def write_json_atomic(path: PathLike, obj: Any) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar", unique_names: bool = True) -> List[Path]:
-    """Files as given, folders expanded to their sorted ``pattern`` matches.
+def expand_inputs(inputs: Sequence[PathLike], pattern: str = "*.tar", unique_names: bool = True) -> List[str]:
+    """Input shards: files and URLs as given (brace ranges expanded), folders expanded to their sorted
+    ``pattern`` matches. Any source of :mod:`alphaclip_train.sources` works (``https://``, ``s3://``,
+    ``pipe:``...).
 
     With ``unique_names`` (input shards: output shards reuse their names) repeated file names are an error.
     """
-    out: List[Path] = []
+    from fnmatch import fnmatch
+
+    from alphaclip_train.sources import expand_sources, is_remote, source_name
+
+    out: List[str] = []
     for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out.extend(sorted(q for q in p.glob(pattern) if q.is_file()))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"inputs: {p} is neither a file nor a folder")
-    names = Counter(p.name for p in out) if unique_names else Counter()
+        src = os.fspath(item)
+        local = not is_remote(src) and not any(c in src for c in "*?[{")
+        if local and not os.path.exists(src[len("file://"):] if src.startswith("file://") else src):
+            raise FileNotFoundError(f"inputs: {src} is neither a file nor a folder")
+        try:
+            found = expand_sources([src])
+        except FileNotFoundError:
+            if not (local and os.path.isdir(src)):
+                raise
+            found = []  # an empty folder
+        out.extend(f for f in found if fnmatch(source_name(f), pattern))
+    names = Counter(source_name(p) for p in out) if unique_names else Counter()
     dup = [n for n, c in names.items() if c > 1]
     if dup:
         raise ValueError(f"inputs: input shards must have distinct file names (output shards reuse them), "
@@ -174,9 +188,6 @@ def write_webdataset(path: PathLike, samples: Iterable[Tuple[str, Dict[str, Unio
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
-
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 def image_ext(data: bytes) -> Optional[str]:
@@ -231,7 +242,7 @@ ProcessFn = Callable[[int, Callable[[bytes, Dict[str, Any], str], None], ShardSt
 
 def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *, pipeline: str,
                config: Optional[Dict[str, Any]] = None, rank: Optional[int] = None, world: Optional[int] = None,
-               progress: bool = True) -> Dict[str, Any]:
+               progress: bool = True, restart: bool = False) -> Dict[str, Any]:
     """Run ``process`` over this rank's unfinished shards; returns the summary (see module docstring).
 
     Args:
@@ -245,12 +256,15 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
         config: JSON-able settings, stored in each stats file and the summary.
         rank, world: default from torchrun's environment (:func:`dist_env`).
         progress: show a tqdm bar over this rank's shards.
+        restart: redo finished shards whose stats record other ``config`` settings (without it such
+            shards raise ``ValueError`` naming the settings that differ, before any work).
     Returns:
         the summary of every finished shard of the run (all ranks, after a barrier), also written to
         ``output_dir/summary.json`` by rank 0.
     """
     from tqdm import tqdm
 
+    from alphaclip_train.index import build_index, sidecar_name
     from alphaclip_train.schema import ShardWriter
 
     env_rank, env_world, _ = dist_env()
@@ -259,16 +273,14 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     mine = partition(len(names), rank, world)
+    stale = _check_settings(output_dir, names, config, restart)
+    for i in mine:
+        if names[i] in stale:  # --restart: this rank redoes its shards made with other settings
+            for p in (output_dir / names[i], stats_path(output_dir / names[i]), output_dir / sidecar_name(names[i])):
+                p.unlink(missing_ok=True)
     todo = [i for i in mine if not (stats_path(output_dir / names[i]).is_file() and (output_dir / names[i]).is_file())]
     if len(todo) < len(mine):
         logger.info("rank %d: %d of %d shards already finished, skipped", rank, len(mine) - len(todo), len(mine))
-        done = [i for i in mine if i not in set(todo)]
-        old = json.loads(stats_path(output_dir / names[done[0]]).read_text()).get("config")
-        if config is not None and old != config:
-            logger.warning("rank %d: finished shards were made with other settings (%s): the output will mix them; "
-                           "use a new output folder to start over", rank,
-                           ", ".join(k for k in sorted(set(config) | set(old or {}))
-                                     if config.get(k) != (old or {}).get(k)))
     for i in tqdm(todo, desc=f"{pipeline} rank {rank}", unit="shard", disable=not progress):
         shard = output_dir / names[i]
         stats = ShardStats()
@@ -281,11 +293,43 @@ def run_shards(output_dir: PathLike, names: Sequence[str], process: ProcessFn, *
     summary = read_summary(output_dir, names, config, pipeline)
     if rank == 0:
         write_json_atomic(output_dir / SUMMARY_NAME, summary)
+        done = [str(output_dir / n) for n in names if stats_path(output_dir / n).is_file() and (output_dir / n).is_file()]
+        if done:  # the folder's index.json: training reads every shard's count in one file
+            build_index(done, progress=False)
     if created:
         import torch.distributed as dist
 
         dist.destroy_process_group()
     return summary
+
+
+def _check_settings(output_dir: Path, names: Sequence[str], config: Optional[Dict[str, Any]],
+                    restart: bool) -> List[str]:
+    """Names of the finished shards made with other settings than ``config``.
+
+    Every rank reads every finished shard's stats (so all ranks take the same decision). Without
+    ``restart`` such shards are an error: mixing settings in one output would be silent damage.
+    """
+    if config is None:
+        return []
+    stale: List[str] = []
+    diff: set = set()
+    for name in names:
+        sp = stats_path(output_dir / name)
+        if not (sp.is_file() and (output_dir / name).is_file()):
+            continue
+        old = json.loads(sp.read_text()).get("config") or {}
+        keys = {k for k in set(config) | set(old) if config.get(k) != old.get(k)}
+        if keys:
+            stale.append(name)
+            diff |= keys
+    if stale and not restart:
+        raise ValueError(f"output: {output_dir} holds {len(stale)} finished shard(s) made with other settings "
+                         f"({', '.join(sorted(diff))} differ): resuming would mix them. Use a new output folder, "
+                         f"or restart (--restart) to redo those shards with these settings")
+    if stale:
+        logger.warning("restart: redoing %d shard(s) made with other settings (%s)", len(stale), ", ".join(sorted(diff)))
+    return stale
 
 
 def bool_mask_box(mask: np.ndarray) -> Optional[List[float]]:

@@ -16,14 +16,15 @@ import json
 import logging
 import math
 import os
-import tarfile
 from collections import Counter
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from alphaclip_core.alpha import rle_encode
+
+from alphaclip_train.schema import describe_error
+from alphaclip_train.sources import source_name
 
 from .common import (IMAGE_EXTS, ShardStats, decode_image, encode_for_shard, expand_inputs, iter_webdataset,
                      run_shards)
@@ -109,11 +110,13 @@ def _caption(parts: Dict[str, bytes], meta: Dict[str, Any]) -> str:
 def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Union[str, os.PathLike], sam, *,
                       spans: Sequence[str] = ("ref_exps",), min_box_size: float = 2.0, box_batch: int = 64,
                       sam_name: str = "sam", rank: Optional[int] = None, world: Optional[int] = None,
-                      progress: bool = True) -> Dict[str, Any]:
+                      progress: bool = True, restart: bool = False) -> Dict[str, Any]:
     """Turn GRIT-style input shards into training shards with one SAM mask per phrase box.
 
     Args:
-        inputs: input tar files and/or folders of ``*.tar`` (sorted); output shard ``i`` has input ``i``'s name.
+        inputs: input tar files and/or folders of ``*.tar`` (sorted), local or remote (``https://``, ``s3://``,
+            ``pipe:``..., brace ranges: see :mod:`alphaclip_train.sources`); output shard ``i`` has input ``i``'s
+            name.
         output_dir: where the output shards, their ``.stats.json`` files and ``summary.json`` go.
         sam: a ``segment_anything`` ``Sam`` model (see :func:`alphaclip_train.sam.load_sam`) or a
             ``SamPredictor``; it runs on its own device.
@@ -123,6 +126,8 @@ def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Uni
         sam_name: recorded as each region's ``source`` (``sam-<sam_name>``).
         rank, world: this process's share (default: torchrun's environment).
         progress: tqdm bars.
+        restart: redo the finished shards of an earlier run with other settings (default: refuse with a
+            ``ValueError`` naming the settings that differ).
     Returns:
         the run's summary (also in ``output_dir/summary.json``): images, regions, dropped (by reason),
         failed (by reason), skipped_images, box_only, shards done/total.
@@ -148,16 +153,24 @@ def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Uni
 
     def process(i: int, write, stats: ShardStats) -> None:
         path = paths[i]
-        bar = tqdm(desc=path.name, unit="img", disable=not progress, leave=False)
+        name = source_name(path)
+        bar = tqdm(desc=name, unit="img", disable=not progress, leave=False)
+        samples = iter_webdataset(path)
         try:
-            for key, parts in iter_webdataset(path):
+            while True:
+                try:
+                    key, parts = next(samples)
+                except StopIteration:
+                    break
+                except Exception as e:  # noqa: BLE001 - truncated/corrupt tar, 404, failed pipe: keep what was read
+                    logger.error("%s: input shard is damaged or unreadable after %d samples (%s); kept what was "
+                                 "readable", path, bar.n, describe_error(e))
+                    stats.failed["corrupt_shard"] += 1
+                    break
                 bar.update(1)
-                _one_sample(key, parts, path.name, write, stats)
-        except (tarfile.TarError, OSError, EOFError) as e:
-            logger.error("%s: input shard is damaged after %d samples (%s); kept what was readable",
-                         path, bar.n, e)
-            stats.failed["corrupt_shard"] += 1
+                _one_sample(key, parts, name, write, stats)
         finally:
+            samples.close()
             bar.close()
 
     def _one_sample(key: str, parts: Dict[str, bytes], shard_name: str, write, stats: ShardStats) -> None:
@@ -212,5 +225,5 @@ def prepare_grounding(inputs: Sequence[Union[str, os.PathLike]], output_dir: Uni
         stats.images += 1
         stats.regions += len(regions)
 
-    return run_shards(output_dir, [p.name for p in paths], process, pipeline="grounding", config=config,
-                      rank=rank, world=world, progress=progress)
+    return run_shards(output_dir, [source_name(p) for p in paths], process, pipeline="grounding", config=config,
+                      rank=rank, world=world, progress=progress, restart=restart)
