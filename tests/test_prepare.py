@@ -548,3 +548,23 @@ def test_readme_section_runs(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), scope)
     assert (tmp_path / "grit_out" / "summary.json").is_file()
+
+
+def test_score_crops_reads_the_mask_with_any_alpha_backbone(tmp_path):
+    """A timm-tower Alpha-CLIP (SigLIP style, AlphaCustomTextCLIP) also reads the crop's mask."""
+    import backbones_kit as kit
+    import open_clip
+
+    import alphaclip_integrations.open_clip  # noqa: F401  (the alpha- rule)
+    from alphaclip_core.regions import text_classifier
+    from conftest import randomize_alpha_conv
+
+    kit.register(tmp_path / "configs")
+    torch.manual_seed(0)
+    model = randomize_alpha_conv(open_clip.create_model("alpha-Toy-SL-8")).eval()
+    tok = open_clip.get_tokenizer("alpha-Toy-SL-8")
+    crop = Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 40, 3), dtype=np.uint8))
+    left, right = np.zeros((30, 40), bool), np.zeros((30, 40), bool)
+    left[:, :20], right[:, 20:] = True, True
+    p = score_crops(model, [crop, crop], [left, right], text_classifier(model, tok, ["cat", "dog", "sofa"]))
+    assert (p[0] - p[1]).abs().max() > 1e-4                          # the alpha changes the answer

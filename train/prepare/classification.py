@@ -161,21 +161,21 @@ def score_crops(model: torch.nn.Module, crops: Sequence[Image.Image], crop_masks
     """Softmax probabilities ``[N, L]`` of N crops over L class texts.
 
     Args:
-        model: an open_clip CLIP or an :class:`~alphaclip_core.model.AlphaCLIP`. An Alpha-CLIP reads the
-            crop's mask as alpha (it looks at the object, not the crop's background); a plain CLIP sees
+        model: an open_clip CLIP or an Alpha-CLIP of any backbone (:class:`~alphaclip_core.model.AlphaModel`).
+            An Alpha-CLIP reads the crop's mask as alpha (it looks at the object, not the crop's background); a plain CLIP sees
             the crop only.
         crops: N PIL crops. crop_masks: N ``[h, w]`` bool masks of each crop's size (non-empty).
         text_features: ``[L, D]`` unit vectors (:func:`alphaclip_core.regions.text_classifier`).
     Each crop is padded to a square (nothing cut off) and resized to the model's input size.
     """
-    from alphaclip_core.model import AlphaCLIP
+    from alphaclip_core.model import AlphaModel
 
     if len(crops) != len(crop_masks):
         raise ValueError(f"crop_masks: expected {len(crops)} (one per crop), got {len(crop_masks)}")
     if not crops:
         return torch.zeros(0, text_features.shape[0])
     params = preprocess_params(model)
-    use_alpha = isinstance(model, AlphaCLIP)
+    use_alpha = isinstance(model, AlphaModel)
     device = next(model.parameters()).device
     scale = float(model.logit_scale.exp()) if hasattr(model, "logit_scale") else 100.0
     out = []
