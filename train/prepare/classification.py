@@ -162,8 +162,8 @@ def score_crops(model: torch.nn.Module, crops: Sequence[Image.Image], crop_masks
 
     Args:
         model: an open_clip CLIP or an Alpha-CLIP of any backbone (:class:`~alphaclip_core.model.AlphaModel`).
-            An Alpha-CLIP reads the crop's mask as alpha (it looks at the object, not the crop's background); a plain CLIP sees
-            the crop only.
+            An Alpha-CLIP reads the crop's mask as alpha (it looks at the object, not the crop's
+            background); a plain CLIP sees the crop only.
         crops: N PIL crops. crop_masks: N ``[h, w]`` bool masks of each crop's size (non-empty).
         text_features: ``[L, D]`` unit vectors (:func:`alphaclip_core.regions.text_classifier`).
     Each crop is padded to a square (nothing cut off) and resized to the model's input size.
