@@ -65,10 +65,10 @@ def _one_error(rc, err, code, pattern):
 
 
 def test_an_all_corrupt_shard_does_not_stop_the_run(world, tmp_path, capsys):
-    """The corrupt shard's batches come out empty (--shuffle-buffer 1 keeps them together): they are
-    skipped and counted, and the run finishes with its final weights."""
+    """The corrupt shard's batches come out empty (--shuffle-buffer 1 --interleave 1 keep them together):
+    they are skipped and counted, and the run finishes with its final weights."""
     out = tmp_path / "run"
-    rc, _ = _train(world, out, "--steps", "12", "--shuffle-buffer", "1",
+    rc, _ = _train(world, out, "--steps", "12", "--shuffle-buffer", "1", "--interleave", "1",
                    data=[world / "good", world / "corrupt"], capsys=capsys)
     assert rc == 0
     rows = _rows(out)
@@ -78,8 +78,8 @@ def test_an_all_corrupt_shard_does_not_stop_the_run(world, tmp_path, capsys):
     assert rows[-1]["samples"] + rows[-1]["skipped"] == 4 * (12 + rows[-1]["empty_steps"])
     assert (out / "final" / "visual.pth").is_file()
     # every resume of it goes on too (it used to crash at the same step again and again)
-    rc, _ = _train(world, out, "--steps", "14", "--shuffle-buffer", "1", data=[world / "good", world / "corrupt"],
-                   capsys=capsys)
+    rc, _ = _train(world, out, "--steps", "14", "--shuffle-buffer", "1", "--interleave", "1",
+                   data=[world / "good", world / "corrupt"], capsys=capsys)
     assert rc == 0 and _rows(out)[-1]["step"] == 14
 
 

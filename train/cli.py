@@ -54,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default=d.mode, help="paired transform geometry")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument("--shuffle-buffer", type=int, default=d.shuffle_buffer)
+    p.add_argument("--interleave", type=int, default=d.interleave,
+                   help="shards read side by side, their samples mixed (1: one shard at a time)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every)
     p.add_argument("--log-every", type=int, default=d.log_every)
@@ -95,7 +97,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, loss=args.loss,
         whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
-        shuffle_buffer=args.shuffle_buffer, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+        shuffle_buffer=args.shuffle_buffer, interleave=args.interleave, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
         tensorboard=args.tensorboard, threads=args.threads, device=args.device, resume=not args.no_resume,
         progress=not args.no_progress, max_empty_batches=args.max_empty_batches)
     result = train(cfg)

@@ -124,13 +124,14 @@ class RegionBatches(torch.utils.data.IterableDataset):
         interleave: shard segments read side by side (a window); 1 = one shard at a time.
         start_batch: the first batch to produce (resume position).
         index: an index file (``index.json``) for sources whose folder has none (``pipe:`` commands).
+        progress: show a progress bar while shards without an index are counted.
     """
 
     def __init__(self, sources: Sequence[PathLike], tokenizer: Callable, batch_size: int, image_size: int, *,
                  whole_image_ratio: float = 0.1, mode: str = "crop", mean: Optional[Sequence[float]] = None,
                  std: Optional[Sequence[float]] = None, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 1000, interleave: int = 4, start_batch: int = 0,
-                 index: Optional[str] = None) -> None:
+                 index: Optional[str] = None, progress: bool = True) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
@@ -153,7 +154,7 @@ class RegionBatches(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.shuffle_buffer, self.interleave, self.start_batch = shuffle_buffer, interleave, start_batch
         self.sources: List[str] = expand_sources(sources)
-        self.counts: List[ShardCounts] = load_counts(self.sources, index)
+        self.counts: List[ShardCounts] = load_counts(self.sources, index, progress=progress)
         self.whole_only = whole_image_ratio >= 1.0
         self.items: List[int] = [c.items(self.whole_only) for c in self.counts]
         total = sum(self.items)

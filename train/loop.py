@@ -93,6 +93,7 @@ class TrainConfig:
     mode: str = "crop"                      #: paired transform geometry
     workers: int = 0
     shuffle_buffer: int = 1000
+    interleave: int = 4                     #: shards read side by side (1: one shard at a time)
     seed: int = 0
     save_every: int = 500
     log_every: int = 10
@@ -112,7 +113,8 @@ class TrainConfig:
             raise ValueError(f"loss: expected 'auto', 'contrastive' or 'sigmoid', got {self.loss!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
-        for name in ("steps", "batch_size", "accum", "save_every", "log_every", "max_empty_batches"):
+        for name in ("steps", "batch_size", "accum", "save_every", "log_every", "max_empty_batches",
+                     "interleave"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -417,7 +419,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             cfg.data, tokenizer, cfg.batch_size, int(size),
             whole_image_ratio=1.0 if cfg.stage == "clip" else cfg.whole_image_ratio, mode=cfg.mode,
             mean=vcfg.get("mean"), std=vcfg.get("std"), seed=cfg.seed, rank=rank, world_size=world,
-            shuffle_buffer=cfg.shuffle_buffer, start_batch=next_batch)
+            shuffle_buffer=cfg.shuffle_buffer, interleave=cfg.interleave, start_batch=next_batch,
+            progress=cfg.progress and rank == 0)
         if data_before is not None and data_before != dataset.fingerprint():
             logger.warning("resuming with other data or data settings than the checkpoint's (sources, their sample "
                            "counts, seed, batch size, r_s, shuffle buffer or process count changed): the batches "

@@ -400,7 +400,9 @@ class _Items(torch.utils.data.Dataset):
                     pixels.append(whole_pix if v == "whole" and whole_pix is not None else self.plain_tf(view)[0])
                 item["plain"] = (torch.cat(pixels), inverse)
         except (ValueError, OSError) as e:  # a bad file: reported by the main process, without a worker traceback
-            item["error"] = (type(e).__name__, f"image {self.dataset.samples[i].image}: {e}")
+            path = self.dataset.samples[i].image
+            msg = str(e) if str(path) in str(e) else f"image {path}: {e}"  # open_image's errors already name it
+            item["error"] = (type(e).__name__, msg)
         return item
 
 

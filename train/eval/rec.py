@@ -363,7 +363,7 @@ class _Images(torch.utils.data.Dataset):
         key, path, image_id, cands = self.jobs[n]
         item: Dict[str, Any] = {"key": key}
         try:
-            image = open_image(path, "image")
+            image = open_image(path, f"image {image_id}")
             # candidates clipped to the image; degenerate ones (no pixel left) cannot be scored
             cands = np.asarray(cands, dtype=np.float64).reshape(-1, 4).copy()
             cands[:, 0::2] = cands[:, 0::2].clip(0, image.width)
@@ -374,7 +374,8 @@ class _Images(torch.utils.data.Dataset):
             elif len(cands):
                 item["image"] = image
         except (ValueError, OSError) as e:
-            item["error"] = f"image {image_id} ({path}): {e}"
+            # open_image's errors already name the image and its file
+            item["error"] = str(e) if str(path) in str(e) else f"image {image_id} ({path}): {e}"
         return item
 
 
