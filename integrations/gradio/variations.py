@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from alphaclip_integrations.diffusers.generate import region_variations
+from alphaclip_integrations.diffusers.pipelines import AlphaCLIPImageVariationPipeline
 
 from .app import PanelContext, page_errors
 from .engine import editor_image, layer_masks, parse_regions
@@ -55,7 +56,7 @@ def _model_device(engine: Any) -> torch.device:
     return torch.device("cpu") if param is None else param.device
 
 
-def variations_panel(pipeline: Any, *, steps: int = 25, guidance_scale: float = 3.0, num_images: int = 2,
+def variations_panel(pipeline: AlphaCLIPImageVariationPipeline, *, steps: int = 25, guidance_scale: float = 3.0, num_images: int = 2,
                      max_images: int = 8, device: Union[str, torch.device, None] = None
                      ) -> Callable[[PanelContext], None]:
     """A "Variations" tab for :func:`~alphaclip_integrations.gradio.app.build_app` (``panels=[...]``).
@@ -79,12 +80,12 @@ def variations_panel(pipeline: Any, *, steps: int = 25, guidance_scale: float = 
     One pipeline call runs at a time (a lock: the scheduler keeps its timesteps on the pipeline); the
     event goes through the page's queue with the app's default concurrency limit, as Classify does.
     """
-    if not hasattr(pipeline, "feature_extractor") or not hasattr(pipeline, "encode_region"):
+    if not isinstance(pipeline, AlphaCLIPImageVariationPipeline):
         raise TypeError(f"pipeline: expected an AlphaCLIPImageVariationPipeline, got {type(pipeline).__name__}")
     if not 1 <= num_images <= max_images:
         raise ValueError(f"num_images: expected 1 to max_images={max_images}, got {num_images}")
     lock = threading.Lock()
-    default_mode = getattr(pipeline.feature_extractor, "mode", "crop")
+    default_mode = pipeline.feature_extractor.mode
 
     def panel(ctx: PanelContext) -> None:
         target = _model_device(ctx.engine) if device is None else torch.device(device)
