@@ -119,9 +119,9 @@ def build_panels(args: argparse.Namespace) -> list:
         from .variations import variations_panel
     except ImportError as e:
         raise SystemExit(f"error: --pipeline needs diffusers, which is not installed: {PIPELINE_HINT} ({e})") from None
-    from alphaclip_integrations.diffusers.cli import _check_device  # the generate command's --device check
+    from alphaclip_core.cli import check_device
 
-    _check_device(args.device)
+    check_device(args.device)
     try:  # the page shows the denoising progress; no progress bar in the server's terminal
         pipe = load_pipeline(folder, device=args.device, progress=False, arg="--pipeline")
     except OSError as e:  # a folder that says it is one but whose files diffusers cannot read
