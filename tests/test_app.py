@@ -42,14 +42,15 @@ def toy():
 
 
 @contextlib.contextmanager
-def serve(engine: RegionEngine):
-    """The page served on 127.0.0.1 by :func:`launch` (bundled scenes as examples): ``(demo, folder, port)``;
-    afterwards the server is closed, its temporary folder removed and ``GRADIO_TEMP_DIR`` restored."""
+def serve(engine: RegionEngine, panels=()):
+    """The page served on 127.0.0.1 by :func:`launch` (bundled scenes as examples; extra ``panels``):
+    ``(demo, folder, port)``; afterwards the server is closed, its temporary folder removed and
+    ``GRADIO_TEMP_DIR`` restored."""
     from alphaclip_integrations.gradio.app import launch
 
     saved = os.environ.get("GRADIO_TEMP_DIR")
     port = free_port()
-    demo, folder = launch(engine, port=port, block=False, labels="\n".join(LABELS))
+    demo, folder = launch(engine, port=port, block=False, labels="\n".join(LABELS), panels=panels)
     try:
         yield demo, folder, port
     finally:

@@ -1,6 +1,7 @@
 """diffusers integration: Alpha-CLIP as the image encoder of the image-variation and Shap-E pipelines.
 
-Tiny random UNet / VAE / prior / CLIP towers are built here (the vision tower has conftest's TINY_CFG
+Tiny random UNet / VAE / prior / CLIP towers are built in-process (the image-variation ones in
+``diffusers_kit``, shared with the app's Variations panel tests; the vision tower has conftest's TINY_CFG
 shape: 32 px, 8 px patches, width 64, 2 blocks, projection 32); nothing is downloaded; CPU only.
 """
 from __future__ import annotations
@@ -14,11 +15,10 @@ from PIL import Image
 
 pytest.importorskip("diffusers")
 
-from diffusers import (AutoencoderKL, HeunDiscreteScheduler, PNDMScheduler, PriorTransformer,  # noqa: E402
-                       ShapEImg2ImgPipeline, StableDiffusionImageVariationPipeline, UNet2DConditionModel)
+from diffusers import (HeunDiscreteScheduler, PriorTransformer, ShapEImg2ImgPipeline,  # noqa: E402
+                       StableDiffusionImageVariationPipeline)
 from diffusers.pipelines.shap_e import ShapERenderer  # noqa: E402
-from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,  # noqa: E402
-                          CLIPVisionModelWithProjection)
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithProjection  # noqa: E402,E501
 
 from alphaclip_core import prepare  # noqa: E402
 from alphaclip_core.checkpoints import CheckpointError  # noqa: E402
@@ -30,14 +30,12 @@ from alphaclip_integrations.diffusers import (AlphaCLIPImageVariationPipeline,  
 from alphaclip_integrations.diffusers.generate import variation_sheet  # noqa: E402
 from alphaclip_integrations.hf import AlphaCLIPVisionModel, AlphaCLIPVisionModelWithProjection  # noqa: E402
 
-from conftest import TINY_CFG, doc_blocks, randomize_alpha_conv, reference_state_dict  # noqa: E402
+from conftest import TINY_CFG, doc_blocks, reference_state_dict  # noqa: E402
+import diffusers_kit as kit  # noqa: E402
+from diffusers_kit import FAST, S, VISION, one_thread, quiet, stock_pipeline, write_folders  # noqa: E402,F401
 
-S = 32  # the encoders' input side
-VISION = dict(hidden_size=64, intermediate_size=256, projection_dim=32, num_hidden_layers=2, num_attention_heads=2,
-              image_size=S, patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 BOX = [4, 6, 30, 34]        # inside the 56x40 test image and its centre crop
 OTHER_BOX = [30, 4, 52, 36]
-FAST = dict(num_inference_steps=2)
 
 
 def _image(h=40, w=56, seed=0) -> Image.Image:
@@ -54,18 +52,6 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def _unet_vae():
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=VISION["projection_dim"], norm_num_groups=4, attention_head_dim=4)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=4, layers_per_block=1, sample_size=S)
-    return unet.eval(), vae.eval()
-
-
 def _shap_e_parts():
     torch.manual_seed(0)
     prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=16, num_embeddings=32,
@@ -79,40 +65,20 @@ def _shap_e_parts():
     return prior.eval(), renderer.eval(), scheduler
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and on a shared, loaded machine two threads
-    spin-waiting on each other made this file ~10x slower (measured: 164 s vs 12 s)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _quiet(pipe):
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def alpha_model() -> AlphaCLIP:
     """The Alpha-CLIP 'checkpoint' (open_clip, TINY_CFG) with a non-zero alpha conv."""
-    torch.manual_seed(0)
-    return randomize_alpha_conv(AlphaCLIP(**TINY_CFG).eval())
+    return kit.alpha_model()
 
 
 @pytest.fixture(scope="module")
 def clip_encoder() -> CLIPVisionModelWithProjection:
-    torch.manual_seed(1)
-    return CLIPVisionModelWithProjection(CLIPVisionConfig(**VISION)).eval()
+    return kit.clip_encoder()
 
 
 @pytest.fixture(scope="module")
 def stock(clip_encoder) -> StableDiffusionImageVariationPipeline:
-    unet, vae = _unet_vae()
-    return _quiet(StableDiffusionImageVariationPipeline(
-        vae=vae, image_encoder=clip_encoder, unet=unet, scheduler=PNDMScheduler(skip_prk_steps=True),
-        safety_checker=None, feature_extractor=CLIPImageProcessor(size=S, crop_size=S), requires_safety_checker=False))
+    return stock_pipeline(clip_encoder)
 
 
 def _alpha_twin(clip_encoder, zero=True, cls=AlphaCLIPVisionModelWithProjection, seed=3):
@@ -129,12 +95,12 @@ def _alpha_twin(clip_encoder, zero=True, cls=AlphaCLIPVisionModelWithProjection,
 
 @pytest.fixture(scope="module")
 def zero_pipe(stock, clip_encoder) -> AlphaCLIPImageVariationPipeline:
-    return _quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, _alpha_twin(clip_encoder)))
+    return quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, _alpha_twin(clip_encoder)))
 
 
 @pytest.fixture(scope="module")
 def alpha_pipe(stock, clip_encoder) -> AlphaCLIPImageVariationPipeline:
-    return _quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, _alpha_twin(clip_encoder, zero=False)))
+    return quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, _alpha_twin(clip_encoder, zero=False)))
 
 
 class _Capture:
@@ -238,11 +204,7 @@ def test_embedding_matches_the_open_clip_model(alpha_model, tmp_path):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, stock, alpha_model):
     """A stock folder (save_pretrained), a reference-format checkpoint, and the converted folder."""
-    root = tmp_path_factory.mktemp("diffusers")
-    stock.save_pretrained(root / "stock")
-    torch.save(reference_state_dict(alpha_model), root / "alpha.pth")
-    out = convert_pipeline(root / "stock", root / "alpha.pth", root / "alpha-pipe")
-    return root
+    return write_folders(tmp_path_factory.mktemp("diffusers"), stock, alpha_model)
 
 
 def test_converter_round_trip(folders, stock, alpha_model):
@@ -250,7 +212,7 @@ def test_converter_round_trip(folders, stock, alpha_model):
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "AlphaCLIPImageVariationPipeline"
     assert index["image_encoder"] == ["alphaclip_integrations.diffusers", "AlphaCLIPVisionModelWithProjection"]
-    pipe = _quiet(AlphaCLIPImageVariationPipeline.from_pretrained(out))
+    pipe = quiet(AlphaCLIPImageVariationPipeline.from_pretrained(out))
     assert isinstance(pipe.image_encoder, AlphaCLIPVisionModelWithProjection)
     # everything but the encoder is the stock folder's, bit for bit
     for name in ("unet", "vae"):
@@ -265,7 +227,7 @@ def test_converter_round_trip(folders, stock, alpha_model):
         torch.testing.assert_close(pipe.encode_region(image, box=BOX), alpha_model.encode_image(pix, alpha),
                                    atol=2e-5, rtol=1e-5)
     # and it generates what the same components assembled in memory generate
-    direct = _quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, pipe.image_encoder))
+    direct = quiet(AlphaCLIPImageVariationPipeline.from_stock(stock, pipe.image_encoder))
     a = pipe(image, box=BOX, generator=_gen(), output_type="np", **FAST).images
     b = direct(image, box=BOX, generator=_gen(), output_type="np", **FAST).images
     assert np.abs(a - b).max() == 0
@@ -338,7 +300,7 @@ def _stock_shap_e() -> ShapEImg2ImgPipeline:
     prior, renderer, scheduler = _shap_e_parts()
     torch.manual_seed(2)
     clip = CLIPVisionModel(CLIPVisionConfig(**VISION)).eval()
-    return _quiet(ShapEImg2ImgPipeline(prior=prior, image_encoder=clip, image_processor=CLIPImageProcessor(
+    return quiet(ShapEImg2ImgPipeline(prior=prior, image_encoder=clip, image_processor=CLIPImageProcessor(
         size=S, crop_size=S), scheduler=scheduler, shap_e_renderer=renderer))
 
 
@@ -348,12 +310,12 @@ def test_shap_e_swap(tmp_path, alpha_model):
     image = _image()
     pix = prepare(image, size=S)[0]
     kw = dict(output_type="latent", guidance_scale=3.0, **FAST)
-    zero = _quiet(AlphaCLIPShapEImg2ImgPipeline.from_stock(stock, _alpha_twin(clip, cls=AlphaCLIPVisionModel)))
+    zero = quiet(AlphaCLIPShapEImg2ImgPipeline.from_stock(stock, _alpha_twin(clip, cls=AlphaCLIPVisionModel)))
     ref = stock(pix, generator=_gen(), **kw).images
     assert ref.shape == (1, 32, 16)
     assert torch.equal(zero(image, generator=_gen(), **kw).images, ref)
     assert torch.equal(zero(image, box=BOX, generator=_gen(), **kw).images, ref)
-    alpha = _quiet(AlphaCLIPShapEImg2ImgPipeline.from_stock(stock, _alpha_twin(clip, zero=False,
+    alpha = quiet(AlphaCLIPShapEImg2ImgPipeline.from_stock(stock, _alpha_twin(clip, zero=False,
                                                                                 cls=AlphaCLIPVisionModel)))
     with _Capture(alpha.image_encoder) as cap:
         boxed = alpha(image, box=BOX, generator=_gen(), **kw).images
@@ -363,7 +325,7 @@ def test_shap_e_swap(tmp_path, alpha_model):
     stock.save_pretrained(tmp_path / "shap-e")
     torch.save(reference_state_dict(alpha_model), tmp_path / "alpha.pth")
     out = convert_pipeline(tmp_path / "shap-e", tmp_path / "alpha.pth", tmp_path / "shap-e-alpha")
-    loaded = _quiet(AlphaCLIPShapEImg2ImgPipeline.from_pretrained(out))
+    loaded = quiet(AlphaCLIPShapEImg2ImgPipeline.from_pretrained(out))
     assert type(loaded.image_encoder) is AlphaCLIPVisionModel
     pix, a = prepare(image, box=BOX, size=S)
     with torch.no_grad():   # the tokens Shap-E reads are the open_clip tower's (before ln_post)
@@ -449,8 +411,8 @@ def test_safety_checker_runs_on_the_alpha_processor(stock, clip_encoder):
     checker = StableDiffusionSafetyChecker(CLIPConfig(vision_config=VISION, projection_dim=32, text_config=dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2))).eval()
     parts = dict(stock.components, safety_checker=checker)
-    checked = _quiet(StableDiffusionImageVariationPipeline(**parts))
-    alpha = _quiet(AlphaCLIPImageVariationPipeline.from_stock(checked, _alpha_twin(clip_encoder)))
+    checked = quiet(StableDiffusionImageVariationPipeline(**parts))
+    alpha = quiet(AlphaCLIPImageVariationPipeline.from_stock(checked, _alpha_twin(clip_encoder)))
     image = _image()
     out = alpha(image, generator=_gen(), output_type="np", **FAST)
     ref = checked(prepare(image, size=S)[0], generator=_gen(), output_type="np", **FAST)

@@ -29,16 +29,18 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def load_pipeline(folder: PathLike, *, device: Union[str, torch.device] = "cpu",
-                  dtype: Union[str, torch.dtype, None] = None, progress: bool = True) -> AlphaCLIPImageVariationPipeline:
+                  dtype: Union[str, torch.dtype, None] = None, progress: bool = True, arg: str = "pipeline"
+                  ) -> AlphaCLIPImageVariationPipeline:
     """Load an Alpha-CLIP image-variation folder (written by :func:`convert_pipeline`).
 
     Args:
-        folder: the pipeline folder; a stock folder raises ValueError naming ``pipeline`` (convert it first).
+        folder: the pipeline folder; a stock folder raises ValueError naming ``arg`` (convert it first).
         device: torch device.
         dtype: ``float32`` / ``float16`` / ``bfloat16`` (or a torch dtype); default float16 on CUDA, else float32.
         progress: show diffusers' progress bar while generating.
+        arg: how errors name ``folder`` (a command line says ``--pipeline``).
     """
-    pipeline_class_of(folder, "pipeline", allowed={"AlphaCLIPImageVariationPipeline": None})
+    pipeline_class_of(folder, arg, allowed={"AlphaCLIPImageVariationPipeline": None})
     device = torch.device(device)
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32

@@ -4,7 +4,11 @@
   SAM points; classification with the plain-CLIP baselines beside it; "where is"; region questions to
   an alpha LLaVA.
 - :mod:`.app` (imports ``gradio``): the page, :func:`build_app` and :func:`launch`.
-- :mod:`.cli`: the ``alphaclip app`` subcommand (imports gradio only when it runs).
+- :mod:`.variations` (imports gradio and diffusers): :func:`~.variations.variations_panel`, the
+  "Variations" tab (Stable Diffusion image variations of the marked regions) that
+  ``alphaclip app --pipeline FOLDER`` adds.
+- :mod:`.cli`: the ``alphaclip app`` subcommand (imports gradio only when it runs, diffusers only with
+  ``--pipeline``).
 
 ``build_app``, ``launch``, ``PanelContext`` and ``RegionEngine`` are importable from this package; the
 Gradio names import gradio on first use, so ``alphaclip app`` can say how to install it when it is missing.

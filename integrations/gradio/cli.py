@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 from typing import Any, Tuple
 
-__all__ = ["register", "build_engine", "INSTALL_HINT"]
+__all__ = ["register", "build_engine", "build_panels", "INSTALL_HINT"]
 
 logger = logging.getLogger("alphaclip.app")
 
 INSTALL_HINT = "pip install 'alpha-clip[app]'   (or: pip install gradio)"
+PIPELINE_HINT = "pip install 'alpha-clip[diffusers]'"
 TOY_NAME = "the shipped toy Alpha-CLIP (synthetic world: 4 shapes x 6 colours; not for real photos)"
 _WEIGHTS = (".pt", ".pth", ".bin", ".safetensors")
 
@@ -37,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sam-points-per-side", type=int, default=16, help="SAM automatic mask grid (default 16)")
     p.add_argument("--llava", metavar="FOLDER", help="an alpha LLaVA folder (see 'alphaclip_integrations.llava "
                                                      "convert'): region captions and questions")
+    p.add_argument("--pipeline", metavar="FOLDER", help="an Alpha-CLIP image-variation folder (see 'alphaclip generate "
+                                                         "convert'): adds the Variations tab (needs diffusers)")
     p.add_argument("--template", action="append", help="default prompt template with {} (repeatable; default "
                                                        "'a photo of a {}.', the toy model's 'a {}.')")
     p.add_argument("--labels", help="the labels box's starting text (comma-separated or a text file, one per line)")
@@ -101,6 +104,33 @@ def build_engine(args: argparse.Namespace):
                         sam_points_per_side=args.sam_points_per_side)
 
 
+def build_panels(args: argparse.Namespace) -> list:
+    """The extra tabs the command line asks for: the Variations tab with ``--pipeline`` (the pipeline loaded
+    on ``--device``, the app's model device). diffusers is imported here only when ``--pipeline`` is given."""
+    if not args.pipeline:
+        return []
+    folder = Path(args.pipeline)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--pipeline: {folder} is not a folder (expected an Alpha-CLIP image-variation "
+                                "pipeline folder; make one with 'alphaclip generate convert')")
+    try:
+        from alphaclip_integrations.diffusers.generate import load_pipeline
+
+        from .variations import variations_panel
+    except ImportError as e:
+        raise SystemExit(f"error: --pipeline needs diffusers, which is not installed: {PIPELINE_HINT} ({e})") from None
+    from alphaclip_core.cli import check_device
+
+    check_device(args.device)
+    try:  # the page shows the denoising progress; no progress bar in the server's terminal
+        pipe = load_pipeline(folder, device=args.device, progress=False, arg="--pipeline")
+    except OSError as e:  # a folder that says it is one but whose files diffusers cannot read
+        raise ValueError(f"--pipeline: {folder} could not be loaded as an Alpha-CLIP image-variation pipeline "
+                         f"({e})") from None
+    logger.info("variations: %s on %s", folder, pipe.device)
+    return [variations_panel(pipe)]
+
+
 def _sam_type(path: str) -> str:
     m = re.search(r"vit_([hlb])", Path(path).name)
     if not m:
@@ -136,6 +166,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: 'alphaclip app' needs Gradio, which is not installed: {INSTALL_HINT}") from None
     from .app import launch
 
+    panels = build_panels(args)  # first: a wrong --pipeline fails before any model is loaded
     engine = build_engine(args)
     labels = _labels_text(args.labels)
     if not labels and args.model is None and args.checkpoint is None:
@@ -153,7 +184,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     print(f"alphaclip app: http://{args.host}:{args.port}  (model: {engine.name}; Ctrl+C stops it)", flush=True)
     try:
         launch(engine, host=args.host, port=args.port, share=args.share, concurrency=args.concurrency,
-               queue_size=args.queue_size, examples=not args.no_examples, labels=labels)
+               queue_size=args.queue_size, examples=not args.no_examples, labels=labels, panels=panels)
     except KeyboardInterrupt:  # stopped while still starting up: launch has removed its folder already
         logger.info("stopped")
     return 0
