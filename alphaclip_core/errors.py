@@ -20,7 +20,7 @@ import os
 import pickle
 from typing import Iterable, List, Optional, Tuple
 
-__all__ = ["AlphaClipError", "InputError", "RunError", "describe_error", "closest", "disk_error"]
+__all__ = ["AlphaClipError", "InputError", "RunError", "CheckpointError", "describe_error", "closest", "disk_error"]
 
 
 class AlphaClipError(Exception):
@@ -39,6 +39,11 @@ class RunError(AlphaClipError, RuntimeError):
     """The input was fine but the work could not go on (disk, device, data that ran dry). Exit code 1."""
 
     exit_code = 1
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is unreadable, of an unexpected format, or does not fit the model
+    (a ``ValueError``; the ``alphaclip`` command exits with code 2)."""
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> List[str]:

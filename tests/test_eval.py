@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import readme_blocks
+from conftest import doc_blocks
 import torch
 from PIL import Image
 
@@ -476,14 +476,15 @@ def test_rec_plain_json_layout_and_cli(tmp_path, rec_models):
     assert re.search(r"\| Alpha-CLIP \(this run\) \| 66\.7/100\.0/0\.0 \|", (out / "rec.md").read_text())
 
 
-# ------------------------------------------------------------------------------------------------ README
-def test_readme_section_python_blocks_run(tmp_path, monkeypatch):
-    blocks = readme_blocks("Evaluation and where-is search")
-    assert blocks, "no python block in the README section"
+# ------------------------------------------------------------------------------------------------ docs
+def test_docs_where_is_python_blocks_run(tmp_path, monkeypatch):
+    """docs/evaluation.md's where-is / REC example (the README's evaluation section until issue 16)."""
+    blocks = doc_blocks("docs/evaluation.md", "Where-is search and referring expressions")
+    assert blocks, "no python block in the docs section"
     monkeypatch.chdir(tmp_path)
     Image.fromarray(quadrants("red", "green", "blue", "yellow")).save("street.jpg")
     with open("refs(unc).p", "wb") as f:
         pickle.dump([{"ref_id": 1, "sentences": [{"sent": "the red car"}, {"sent": "a blue door"}]}], f, protocol=2)
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+        exec(compile(block, "docs/evaluation.md", "exec"), {"__name__": "docs"})
     assert Image.open("street.heat.png").size == (64, 64)

@@ -314,8 +314,8 @@ def test_rec_resume_records_settings_and_workers_change_nothing(tmp_path):
 def test_docs_evaluation_python_blocks_run(tmp_path, monkeypatch):
     from conftest import doc_blocks
 
-    blocks = doc_blocks("docs/evaluation.md")
-    assert blocks, "no python block in docs/evaluation.md"
+    blocks = doc_blocks("docs/evaluation.md", "Quick start")   # the where-is block: tests/test_eval.py
+    assert blocks, "no python block in docs/evaluation.md's Quick start"
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
     for k, wnid in enumerate(["n02930766", "n01484850", "n02930766"]):       # cab, great_white_shark

@@ -24,7 +24,7 @@ from alphaclip_core import AlphaCLIP, CheckpointError, normalize_alpha, prepare
 from alphaclip_core.cli import main as cli_main
 from alphaclip_core.regions import classify_regions
 from alphaclip_integrations.hf.convert import hf_to_open_clip_state_dict, open_clip_to_hf_state_dict
-from conftest import readme_blocks, TINY_CFG, openai_state_dict, randomize_alpha_conv, reference_state_dict, tiny_cfg
+from conftest import doc_blocks, readme_blocks, TINY_CFG, openai_state_dict, randomize_alpha_conv, reference_state_dict, tiny_cfg
 
 ATOL = 2e-5  # fp32, same weights, different kernels (fused MHA vs split q/k/v): measured ~1e-6
 REPO = Path(__file__).resolve().parents[1]
@@ -484,12 +484,28 @@ def test_cli_convert_to_hf_and_back(tmp_path, capsys):
     assert "source: no such file" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------------------ README
+# ------------------------------------------------------------------------------------------------ docs, README
 
-def test_readme_examples_run(tmp_path, monkeypatch):
-    blocks = readme_blocks("Hugging Face transformers")
-    assert blocks
+def test_docs_example_runs(tmp_path, monkeypatch, capsys):
+    """docs/transformers.md's example (the README's transformers section until issue 16)."""
+    (block,) = doc_blocks("docs/transformers.md", "Model, processor, pipeline")
     monkeypatch.chdir(tmp_path)
     Image.fromarray(_image(120, 160)).save(tmp_path / "cat.jpg")
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    scope = {"__name__": "__docs__"}
+    exec(compile(block, "docs/transformers.md", "exec"), scope)
+    assert scope["inputs"]["alpha_values"].shape == (2, 1, 64, 64)
+    assert scope["out"].logits_per_image.shape == (2, 2)
+    assert scope["hidden"].shape == (2, 1 + 64, 64)
+    assert type(scope["model"]).__name__ == "AlphaCLIPModel"      # the remote-code class, same name
+
+
+def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+    (block,) = readme_blocks("transformers")
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(_image(120, 160)).save(tmp_path / "cat.jpg")
+    scope = {"__name__": "__readme__"}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["inputs"]["alpha_values"].shape == (1, 1, 64, 64)
+    probs = scope["model"](**scope["inputs"]).logits_per_image.softmax(-1)
+    assert probs.shape == (1, 2) and torch.allclose(probs.sum(-1), torch.ones(1), atol=1e-5)
+    assert "tensor([[" in capsys.readouterr().out

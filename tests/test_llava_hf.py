@@ -20,7 +20,7 @@ from alphaclip_integrations.hf import (AlphaCLIPImageProcessor, AlphaCLIPVisionC
 from alphaclip_integrations.llava import (AlphaLlavaConfig, AlphaLlavaForConditionalGeneration, AlphaLlavaModel,
                                           AlphaLlavaProcessor, convert_llava)
 from alphaclip_integrations.llava.convert import alpha_llava_from_llava
-from conftest import readme_blocks, openai_state_dict, randomize_alpha_conv, reference_state_dict
+from conftest import doc_blocks, readme_blocks, openai_state_dict, randomize_alpha_conv, reference_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny CLIP the towers read off the weights: width 128 (2 heads of 64), 3 blocks, 32px, 8px patches
@@ -401,22 +401,23 @@ def test_convert_errors_and_cli(setup, tmp_path, capsys):
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "cli"), AlphaLlavaConfig)
 
 
-# ------------------------------------------------------------------------------------------------ README
+# ------------------------------------------------------------------------------------------------ docs, README
 
-def test_readme_examples_run(tmp_path, monkeypatch):
-    pytest.importorskip("llava", reason="the README's original-LLaVA example needs llava-torch")
-    blocks = readme_blocks("LLaVA")
-    assert len(blocks) >= 2
+def test_docs_examples_run(tmp_path, monkeypatch):
+    """docs/llava.md's two examples (the README's LLaVA section until issue 16)."""
+    pytest.importorskip("llava", reason="the page's original-LLaVA example needs llava-torch")
+    blocks = doc_blocks("docs/llava.md")
+    assert len(blocks) == 2
     write_fixtures(tmp_path, llava_name="llava-1.5-7b-hf", ref_name="clip_l14@336_grit1m_fultune_8xe.pth")
     Image.fromarray(picture(240, 320)).save(tmp_path / "cat.jpg")
     monkeypatch.chdir(tmp_path)
-    from alphaclip_integrations.llava import original  # the README installs its hook; undo it afterwards
+    from alphaclip_integrations.llava import original  # the page installs its hook; undo it afterwards
 
     spaces = []
     try:
         for block in blocks:
-            spaces.append({"__name__": "__readme__"})
-            exec(compile(block, "README.md", "exec"), spaces[-1])
+            spaces.append({"__name__": "__docs__"})
+            exec(compile(block, "docs/llava.md", "exec"), spaces[-1])
         assert original.installed()
         hf_ns, llava_ns = spaces[0], spaces[1]
         assert isinstance(hf_ns["model"], AlphaLlavaForConditionalGeneration)
@@ -425,3 +426,19 @@ def test_readme_examples_run(tmp_path, monkeypatch):
         assert llava_ns["images"].shape == (1, 4, 32, 32)
     finally:
         original.uninstall()
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    (block,) = readme_blocks("LLaVA")
+    write_fixtures(tmp_path, llava_name="llava-1.5-7b-hf", ref_name="clip_l14@336_grit1m_fultune_8xe.pth")
+    Image.fromarray(picture(240, 320)).save(tmp_path / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    scope = {"__name__": "__readme__"}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert isinstance(scope["model"], AlphaLlavaForConditionalGeneration)
+    alpha = scope["inputs"]["alpha_values"]
+    assert alpha.shape == (1, 1, 32, 32)                                      # one box -> one row
+    # normalised: +1.9231 on the box, -1.9231 around it (resized edges in between)
+    assert alpha.max().item() == pytest.approx(1.9231, abs=1e-4) and alpha.min().item() == pytest.approx(-1.9231, abs=1e-4)
+    prompt = scope["inputs"]["input_ids"].shape[1]
+    assert scope["out"].shape[0] == 1 and prompt < scope["out"].shape[1] <= prompt + 40   # new tokens generated

@@ -24,7 +24,7 @@ from alphaclip_train.prepare.common import iter_webdataset
 from alphaclip_train.sam import load_sam, predict_boxes, tiny_sam
 from alphaclip_train.schema import iter_shard, validate_record
 
-from conftest import readme_blocks, TINY_CFG, randomize_alpha_conv
+from conftest import doc_blocks, TINY_CFG, randomize_alpha_conv
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = "a brown dog on a red sofa"
@@ -538,15 +538,16 @@ def test_cli_prepare_classification_with_local_models(tmp_path, sam, captioner_d
 
 
 # ------------------------------------------------------------------------------------------------
-# README
+# docs
 
-def test_readme_section_runs(tmp_path, monkeypatch):
-    blocks = readme_blocks("Data preparation")
-    assert blocks, "the README's data preparation section has no python example"
+def test_docs_grounding_example_runs(tmp_path, monkeypatch):
+    """docs/data.md's Python example (the README's data preparation section until issue 16)."""
+    blocks = doc_blocks("docs/data.md", "Grounding data in Python")
+    assert blocks, "docs/data.md's grounding section has no python example"
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), scope)
+        exec(compile(block, "docs/data.md", "exec"), scope)
     assert (tmp_path / "grit_out" / "summary.json").is_file()
 
 

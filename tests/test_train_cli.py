@@ -1,4 +1,4 @@
-"""``alphaclip train`` / ``alphaclip demo``, the shipped toy model, and the README's training section."""
+"""``alphaclip train`` / ``alphaclip demo``, the shipped toy model, and docs/training.md's example."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from PIL import Image
 
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.cli import main
-from conftest import readme_blocks
+from conftest import doc_blocks
 from alphaclip_train.synthetic import ASSETS, LABELS, MICRO_CFG, demo_scene, init_model_dir, load_tiny, write_shards
 
 
@@ -71,10 +71,15 @@ def test_train_command(tmp_path, capsys):
 
 
 
-def test_readme_training_examples_run(tmp_path, monkeypatch):
-    blocks = readme_blocks("Training")
-    assert len(blocks) >= 2
+def test_docs_training_example_runs(tmp_path, monkeypatch):
+    """docs/training.md's example (the README's training section until issue 16; its toy-model block is
+    docs/alpha.md's "Classify regions", run by tests/test_readme.py)."""
+    (block,) = doc_blocks("docs/training.md", "Train in a few lines")
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+    scope = {"__name__": "docs"}
+    exec(compile(block, "docs/training.md", "exec"), scope)
+    assert scope["result"]["step"] == 2
+    assert scope["result"]["files"] == {"reference": "toy-run/final/visual.pth",
+                                        "open_clip": "toy-run/final/open_clip_model.safetensors",
+                                        "open_clip_config": "toy-run/final/open_clip_config.json"}
     assert (tmp_path / "toy-run" / "final" / "visual.pth").is_file()

@@ -66,8 +66,8 @@ def _cannot_run(entry: str) -> str:
     if not torch.cuda.is_available():
         return (f"'{entry}' ({ENTRIES[entry]}) needs a CUDA GPU: LLaVA's script moves its inputs with .cuda(). "
                 "On CPU use the transformers-native alpha LLaVA instead (python -m alphaclip_integrations.llava "
-                "convert, then AlphaLlavaForConditionalGeneration.generate with AlphaLlavaProcessor; see the "
-                "README's LLaVA section)")
+                "convert, then AlphaLlavaForConditionalGeneration.generate with AlphaLlavaProcessor; see "
+                "docs/llava.md)")
     return ""
 
 

@@ -245,8 +245,8 @@ def _image_processor_config(folder: Path) -> dict:
     return {}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m alphaclip_integrations.llava convert ...``"""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m alphaclip_integrations.llava convert`` (also read by the CLI reference, docs/cli.md)."""
     p = argparse.ArgumentParser(prog="python -m alphaclip_integrations.llava convert",
                                 description="transformers llava-1.5 folder + Alpha-CLIP checkpoint -> alpha LLaVA folder")
     p.add_argument("llava_folder", help="transformers LLaVA folder (config.json + weights [+ tokenizer])")
@@ -260,7 +260,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="model card README.md: write (keeps an existing one), overwrite, none")
     p.add_argument("--base-model", action="append", default=None,
                    help="hub id of the LLaVA (and CLIP) the folder derives from, for the card's base_model (repeatable)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m alphaclip_integrations.llava convert ...``"""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     card = False if args.card == "none" else Provenance(args.checkpoint, args.base, llava=args.llava_folder,
                                                          base_model=args.base_model)
