@@ -89,7 +89,7 @@ class ZeroShotRegionClassificationPipeline(Pipeline):
                 "input_ids": text_inputs["input_ids"], "attention_mask": text_inputs["attention_mask"],
                 "candidate_labels": candidate_labels}
 
-    def _forward(self, model_inputs: Dict[str, Any], region_batch_size: int = 32) -> Dict[str, Any]:
+    def _forward(self, model_inputs: Dict[str, Any], region_batch_size: Optional[int] = None) -> Dict[str, Any]:
         adapter = HFAlphaCLIPAdapter(self.model)
         text = adapter.encode_text(model_inputs["input_ids"], normalize=True,
                                    attention_mask=model_inputs["attention_mask"]).float()
