@@ -48,8 +48,10 @@ def bench(model_name: str, batch: int, steps: int, device: str = "cpu", precisio
         name = f"local-dir:{folder}"
     else:
         name = model_name
+    torch.manual_seed(0)
     model = open_clip.create_model(name).to(device)
     model.visual.check_alpha = False
+    model.transformer.eval()  # the frozen text tower, as the training loop runs it
     cfg = TrainConfig(data=["-"], output="-", precision=precision, grad_checkpointing=grad_checkpointing)
     groups = param_groups(model, cfg)
     dev = torch.device(device)

@@ -10,7 +10,7 @@ import torch
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.checkpoints import read_state_dict
 from alphaclip_train.loop import KILL_ENV, TrainConfig, build_model, param_groups, resolve_train_precision, train
-from alphaclip_train.master_weights import MasterWeights
+from alphaclip_train.master_weights import MasterWeights, frozen_in_trained_tower
 from alphaclip_train.synthetic import MICRO_CFG, init_model_dir, write_shards
 
 
@@ -48,7 +48,9 @@ def test_master_weights_keep_small_updates_and_fp32_values(world):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(data=["-"], output="-")
     master = MasterWeights(model, param_groups(model, cfg))
-    assert model.visual.conv1.weight.dtype == model.token_embedding.weight.dtype == torch.bfloat16
+    assert model.visual.conv1.weight.dtype == torch.bfloat16
+    assert model.token_embedding.weight.dtype == torch.float32   # the frozen text tower stays fp32 (see the module)
+    assert not frozen_in_trained_tower(model)
     masters = [p for g in master.param_groups for p in g["params"]]
     assert all(p.dtype == torch.float32 for p in masters)
     sd = master.state_dict()
@@ -68,6 +70,9 @@ def test_master_weights_keep_small_updates_and_fp32_values(world):
     assert model.visual.proj.dtype == torch.float32
     assert torch.equal(model.visual.proj, master.state_dict()["visual.proj"])
     assert torch.equal(model.token_embedding.weight, before["token_embedding.weight"])
+    partly = build_model(f"local-dir:{world / 'model'}")
+    param_groups(partly, TrainConfig(data=["-"], output="-", unfreeze_last=0))
+    assert frozen_in_trained_tower(partly)
 
 
 def test_bf16_trains_like_fp32_and_resumes_exactly(world, tmp_path, monkeypatch):

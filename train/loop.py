@@ -48,7 +48,7 @@ from alphaclip_core.model import AlphaCLIP, AlphaModel, AlphaVisionTransformer, 
 
 from .data import RegionBatches, make_loader
 from .loss import LOSSES, contrastive_loss, gather_rows, gather_sizes, loss_for, sigmoid_loss
-from .master_weights import MasterWeights
+from .master_weights import MasterWeights, frozen_in_trained_tower
 
 __all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "loss_name", "KILL_ENV", "PRECISIONS",
            "resolve_train_precision", "autocast_for", "optimizer_step"]
@@ -397,6 +397,9 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         groups = param_groups(model, cfg)
         precision = resolve_train_precision(cfg.precision, device)
         master = MasterWeights(model, groups) if precision == "bf16-weights" else None
+        if device.type == "cpu" and precision.startswith("bf16") and frozen_in_trained_tower(model):
+            logger.warning("bf16 on CPU with frozen parameters inside the trained vision tower (unfreeze_last/freeze): "
+                           "PyTorch's bf16 CPU linear is very slow for frozen weights there; fp32 may be faster")
         if master is not None:
             groups = master.param_groups  # the optimizer updates the fp32 masters
         logger.info("training precision %s on %s", precision, device)

@@ -14,9 +14,15 @@ One optimizer step::
     optimizer.step()                # AdamW on the float32 masters
     master.master_to_model()        # masters rounded into the bf16 model
 
-Frozen parameters (the text tower) run in bf16 too, but their float32 values are kept, so
-:meth:`MasterWeights.state_dict` and :meth:`MasterWeights.restore_fp32` give the exact fp32 weights
-(a frozen text tower stays bit-identical to the base CLIP in checkpoints and final files).
+A tower without any trained parameter (the recipe's frozen text tower) stays float32: it runs
+under ``no_grad`` once per step, and PyTorch's CPU ``linear`` in bf16 is pathologically slow for a
+weight that needs no gradient applied to a transposed 3-D input, which is what
+``nn.MultiheadAttention``'s non-fast path feeds it (0.8 s instead of 2 ms for one [77, 4, 512]
+projection in a measurement; it made a B/16 training step 2x slower). For the same reason frozen
+blocks inside a trained bf16 tower (``unfreeze_last``) are slow on CPU: :func:`frozen_in_trained_tower`
+says when that is the case (the trainer warns). Frozen parameters that are cast keep their float32
+values, so :meth:`MasterWeights.state_dict` and :meth:`MasterWeights.restore_fp32` give the exact
+fp32 weights (a frozen text tower stays bit-identical to the base CLIP in checkpoints and final files).
 This is written here rather than taken from a library because the trainer needs only these four
 operations on plain PyTorch modules (no FSDP/DeepSpeed dependency for a CPU path).
 """
@@ -29,14 +35,34 @@ from torch import nn
 
 from alphaclip_core.precision import cast_model
 
-__all__ = ["MasterWeights"]
+__all__ = ["MasterWeights", "tower_dtypes", "frozen_in_trained_tower"]
+
+
+def _towers(model: nn.Module) -> Dict[str, List[nn.Parameter]]:
+    visual = {id(p) for p in model.visual.parameters()} if hasattr(model, "visual") else set()
+    out: Dict[str, List[nn.Parameter]] = {"visual": [], "text": []}
+    for p in model.parameters():
+        out["visual" if id(p) in visual else "text"].append(p)
+    return out
+
+
+def tower_dtypes(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> tuple:
+    """``(vision dtype, text dtype)``: ``dtype`` for a tower with a trained parameter, float32 for a frozen one."""
+    return tuple(dtype if any(p.requires_grad for p in ps) else torch.float32 for ps in _towers(model).values())
+
+
+def frozen_in_trained_tower(model: nn.Module) -> bool:
+    """Whether a tower that trains also has frozen parameters (slow in bf16 on CPU, see the module docstring)."""
+    return any(any(p.requires_grad for p in ps) and not all(p.requires_grad for p in ps)
+               for ps in _towers(model).values())
 
 
 class MasterWeights:
     """Casts ``model`` to ``dtype`` (in place) and keeps float32 masters of the parameters in ``groups``.
 
     Args:
-        model: the model to train (any float dtype on entry; its fp32 values are kept).
+        model: the model to train (any float dtype on entry; its fp32 values are kept), with
+            ``requires_grad`` already set for what trains (:func:`tower_dtypes` decides per tower).
         groups: the optimizer's parameter groups over ``model``'s parameters (dicts with ``params``).
         dtype: the low precision (``torch.bfloat16``).
     Attributes:
@@ -48,9 +74,14 @@ class MasterWeights:
                  ) -> None:
         self.model = model
         self.dtype = dtype
+        vision_dtype, text_dtype = tower_dtypes(model, dtype)
+        before = {n: p.dtype for n, p in model.named_parameters()}
         self._fp32: Dict[str, torch.Tensor] = {n: p.detach().float().clone() for n, p in model.named_parameters()
                                                 if p.is_floating_point()}
-        cast_model(model, dtype, dtype)
+        cast_model(model, vision_dtype, text_dtype)
+        for n, p in model.named_parameters():  # unchanged float32 parameters need no kept copy
+            if p.dtype == torch.float32 and before[n] == torch.float32:
+                del self._fp32[n]
         names = {id(p): n for n, p in model.named_parameters()}
         self._pairs: List[tuple] = []  # (name, model parameter, float32 master)
         self.param_groups: List[Dict[str, Any]] = []
