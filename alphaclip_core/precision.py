@@ -279,15 +279,19 @@ def resolve_precision(precision: str = "auto", device: Union[str, torch.device] 
 
 
 # ------------------------------------------------------------------------------------------------ application
-def cast_model(model: torch.nn.Module, dtype: torch.dtype, text_dtype: Optional[torch.dtype] = None
-               ) -> torch.nn.Module:
-    """Cast ``model`` in place: the image tower (``model.visual``) to ``dtype``, everything else (the text
-    tower) to ``text_dtype`` (default ``dtype``), except :data:`FP32_PARAMS` (logit scale/bias): float32.
-    A module without ``visual`` is cast to ``dtype`` whole."""
-    visual = getattr(model, "visual", None)
-    model.to(dtype=text_dtype if text_dtype is not None and isinstance(visual, torch.nn.Module) else dtype)
-    if isinstance(visual, torch.nn.Module):
-        visual.to(dtype=dtype)
+def cast_model(model: torch.nn.Module, dtype: torch.dtype, text_dtype: Optional[torch.dtype] = None,
+               vision: Optional[Sequence[torch.nn.Module]] = None) -> torch.nn.Module:
+    """Cast ``model`` in place: the image tower to ``dtype``, everything else (the text tower) to
+    ``text_dtype`` (default ``dtype``), except :data:`FP32_PARAMS` (logit scale/bias): float32.
+
+    ``vision``: the image tower's modules (default ``[model.visual]``; a transformers model passes
+    ``[model.vision_model, model.visual_projection]``). A module without any is cast to ``dtype`` whole."""
+    if vision is None:
+        vision = [model.visual] if isinstance(getattr(model, "visual", None), torch.nn.Module) else []
+    vision = [m for m in vision if m is not None]
+    model.to(dtype=text_dtype if text_dtype is not None and vision else dtype)
+    for m in vision:
+        m.to(dtype=dtype)
     for name in FP32_PARAMS:
         p = getattr(model, name, None)
         if isinstance(p, torch.nn.Parameter):
@@ -308,7 +312,7 @@ def precision_of(model: torch.nn.Module) -> str:
 
 def apply_precision(model: torch.nn.Module, precision: Union[str, Precision] = "auto",
                     device: Union[str, torch.device, None] = None, *, text_precision: Optional[str] = None,
-                    cache: bool = True) -> Precision:
+                    vision: Optional[Sequence[torch.nn.Module]] = None, cache: bool = True) -> Precision:
     """Put ``model`` (in place) in ``precision``; returns the resolved :class:`Precision`.
 
     Args:
@@ -317,6 +321,7 @@ def apply_precision(model: torch.nn.Module, precision: Union[str, Precision] = "
         precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or an already resolved :class:`Precision`.
         device: the device to resolve for (default: the model's).
         text_precision: the text tower's (``fp32``/``bf16``/``fp16``); default :data:`TEXT_PRECISION`.
+        vision: the image tower's modules when they are not ``model.visual`` (see :func:`cast_model`).
     The image tower takes the precision's dtype, the text tower ``text_precision``'s, the logit
     scale/bias stay fp32. An AlphaCLIP returns float32 features from ``encode_image`` /
     ``encode_text`` whatever its weights' dtype.
@@ -327,7 +332,7 @@ def apply_precision(model: torch.nn.Module, precision: Union[str, Precision] = "
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
     choice = precision if isinstance(precision, Precision) else resolve_precision(precision, device, cache=cache)
-    cast_model(model, choice.dtype, DTYPES[text_precision or choice.text])
+    cast_model(model, choice.dtype, DTYPES[text_precision or choice.text], vision)
     if hasattr(type(model), "feature_dtype"):
         model.feature_dtype = torch.float32
     return choice

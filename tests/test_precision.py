@@ -230,3 +230,43 @@ def test_classify_regions_same_top1_in_bf16(toy_suite):
     b = classify_regions(low, tokenizer, image, labels, mask=masks, mode="pad")
     assert (a.probs.argmax(-1) == b.probs.argmax(-1)).all()
     assert torch.allclose(a.probs, b.probs, atol=0.02)
+
+
+# ------------------------------------------------------------------------------------------------ entry points
+def test_mmengine_backbone_precision_and_output_dtype():
+    pytest.importorskip("mmengine")
+    from alphaclip_integrations.mmengine import AlphaCLIPViT
+
+    torch.manual_seed(0)
+    ref = AlphaCLIPViT(arch="alpha-ViT-Tiny-8", out_indices=(0, -1)).eval()
+    assert ref.precision.name == "fp32"                                   # the default: a trainable backbone
+    low = AlphaCLIPViT(arch="alpha-ViT-Tiny-8", out_indices=(0, -1), precision="bf16").eval()
+    low.load_state_dict({k: v.to(torch.bfloat16) for k, v in ref.state_dict().items()})
+    assert low.visual.conv1.weight.dtype == torch.bfloat16
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = ref(x), low(x)                                              # 64 px: the interpolated path
+        c, d = ref(x[..., :32, :32]), low(x[..., :32, :32])                # the tower's own size
+    for y, z in zip(a + c, b + d):
+        assert z.dtype == torch.float32 and y.shape == z.shape            # back in the input's dtype
+        assert float(torch.nn.functional.cosine_similarity(y.flatten(1), z.flatten(1)).min()) > 0.99
+    with pytest.raises(ValueError, match="precision: expected one of auto"):
+        AlphaCLIPViT(arch="alpha-ViT-Tiny-8", precision="fp8")
+
+
+def test_eval_plain_baseline_and_ensemble_members_take_the_precision(tmp_path):
+    import open_clip
+
+    import alphaclip_integrations.open_clip  # noqa: F401
+    from alphaclip_train.eval.cli import _ensemble_member, load_plain
+    from conftest import openai_state_dict, reference_state_dict
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("alpha-ViT-Tiny-8").eval()
+    torch.save(openai_state_dict(model), tmp_path / "base.pt")
+    torch.save(reference_state_dict(model), tmp_path / "alpha.pth")
+    plain = load_plain("alpha-ViT-Tiny-8", str(tmp_path / "base.pt"), "cpu", "bf16")
+    assert plain.visual.conv1.weight.dtype == torch.bfloat16 and plain.feature_dtype == torch.float32
+    member, _ = _ensemble_member(f"alpha-ViT-Tiny-8={tmp_path / 'alpha.pth'},{tmp_path / 'base.pt'}", "cpu", "bf16")
+    assert member.visual.conv1.weight.dtype == torch.bfloat16
+    assert load_plain("alpha-ViT-Tiny-8", str(tmp_path / "base.pt")).visual.conv1.weight.dtype == torch.float32
