@@ -270,3 +270,16 @@ def test_eval_plain_baseline_and_ensemble_members_take_the_precision(tmp_path):
     member, _ = _ensemble_member(f"alpha-ViT-Tiny-8={tmp_path / 'alpha.pth'},{tmp_path / 'base.pt'}", "cpu", "bf16")
     assert member.visual.conv1.weight.dtype == torch.bfloat16
     assert load_plain("alpha-ViT-Tiny-8", str(tmp_path / "base.pt")).visual.conv1.weight.dtype == torch.float32
+
+
+def test_docs_performance_python_block_runs(cache, capsys, monkeypatch):
+    from conftest import doc_blocks
+
+    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: (True, "amx_bf16"))    # the page shows a bf16 CPU
+    monkeypatch.setattr(prec, "measure_dtypes", lambda dev, names, cache=True: {"fp32": 10.0, "bf16": 2.0})
+    (block,) = doc_blocks("docs/performance.md", "Python")
+    exec(compile(block, "docs/performance.md", "exec"), {"__name__": "__docs__"})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("bf16 | auto: native bf16 (amx_bf16); bf16 weights measured 5.0x faster")
+    assert out[1] == "torch.bfloat16 torch.float32"
+    assert out[2].startswith("requested; fp16 on CPU is slow")
