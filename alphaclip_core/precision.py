@@ -14,8 +14,10 @@
   measurement says it beats fp32, else bf16 when supported and faster, else fp32.
 - any other device: fp32 (not measured).
 
-The measurement takes well under a second and is cached on disk per device model and torch
-version (``$ALPHACLIP_CACHE/precision.json``, default ``~/.cache/alphaclip``), and in memory.
+The measurement runs at the image tower's width (:func:`model_width`; a tiny model's small matrices
+may not gain from bf16 at all, so it can stay fp32 where a ViT-B goes bf16). It takes well under a
+second and is cached on disk per device model, torch version and width
+(``$ALPHACLIP_CACHE/precision.json``, default ``~/.cache/alphaclip``), and in memory.
 
 :func:`apply_precision` casts the image tower's weights to the precision and, for an
 :class:`~alphaclip_core.model.AlphaCLIP`, makes ``encode_image`` / ``encode_text`` return float32
@@ -46,7 +48,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["PRECISIONS", "DTYPES", "MIN_SPEEDUP", "TEXT_PRECISION", "Precision", "resolve_precision", "apply_precision", "cast_model",
+__all__ = ["PRECISIONS", "DTYPES", "MIN_SPEEDUP", "TEXT_PRECISION", "Precision", "resolve_precision", "apply_precision",
+           "cast_model", "model_width", "DEFAULT_WIDTH",
            "cpu_bf16_support", "measure_dtypes", "system_info", "precision_of"]
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ MIN_SPEEDUP: float = 1.25
 TEXT_PRECISION: Dict[str, str] = {"fp32": "fp32", "bf16": "fp32", "fp16": "fp16"}
 #: parameters that stay float32 whatever the precision (scalars used outside the towers)
 FP32_PARAMS: Tuple[str, ...] = ("logit_scale", "logit_bias")
+#: the transformer width measured when the model's is not known (ViT-B-like on CPU, ViT-L-like on CUDA)
+DEFAULT_WIDTH: Dict[str, int] = {"cpu": 512, "cuda": 1024}
 _CACHE_FILE = "precision.json"
 _memo: Dict[str, Dict[str, float]] = {}
 
@@ -155,16 +160,22 @@ def _sync(device: torch.device) -> None:
 
 
 def measure_dtypes(device: Union[str, torch.device] = "cpu", names: Sequence[str] = ("fp32", "bf16"),
-                   reps: int = 5, cache: bool = True) -> Dict[str, float]:
+                   reps: int = 5, cache: bool = True, width: Optional[int] = None) -> Dict[str, float]:
     """Best-of-``reps`` milliseconds of one transformer MLP (linear, GELU, linear) per precision.
 
-    The MLP is the bulk of a ViT's arithmetic: ``[256, 512] -> 2048 -> 512`` on CPU (one thread),
-    ``[4096, 1024] -> 4096 -> 1024`` on CUDA. The precisions are alternated within each repetition so
-    that a busy machine slows them alike. Results are cached (memory + ``$ALPHACLIP_CACHE``) per
-    device name and torch version; ``cache=False`` measures afresh.
+    The MLP is the bulk of a ViT's arithmetic: ``[256, width] -> 4 width -> width`` on CPU (one
+    thread; ``width`` default 512), ``[4096, width] -> ...`` on CUDA (default 1024); a small MLP is
+    run several times per timing. Pass the model's width: a tiny model's small matrices may not gain
+    from bf16 at all. The precisions are alternated within each repetition so that a busy machine
+    slows them alike. Results are cached (memory + ``$ALPHACLIP_CACHE``) per device name, torch
+    version and width; ``cache=False`` measures afresh.
     """
     device = torch.device(device)
-    key = f"{device.type}|{_device_name(device)}|torch {torch.__version__}"
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        raise ValueError(f"width: expected a positive int (the transformer's width), got {width!r}")
+    rows = 4096 if device.type == "cuda" else 256
+    hidden = width or DEFAULT_WIDTH.get(device.type, DEFAULT_WIDTH["cpu"])
+    key = f"{device.type}|{_device_name(device)}|torch {torch.__version__}|width {hidden}"
     wanted = list(names)
     if cache:
         hit = _memo.get(key)
@@ -176,7 +187,7 @@ def measure_dtypes(device: Union[str, torch.device] = "cpu", names: Sequence[str
         if hit and all(n in hit for n in wanted):
             _memo[key] = hit
             return {n: hit[n] for n in wanted}
-    rows, hidden = (4096, 1024) if device.type == "cuda" else (256, 512)
+    inner = max(1, min(64, int(2e8 // (16 * rows * hidden * hidden))))  # >= ~0.2 GFLOP per timing
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, hidden, generator=g)
     w1 = torch.randn(4 * hidden, hidden, generator=g) * hidden ** -0.5
@@ -187,9 +198,10 @@ def measure_dtypes(device: Union[str, torch.device] = "cpu", names: Sequence[str
         a, b, c = tensors[n]
         _sync(device)
         t0 = time.perf_counter()
-        torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(a, b)), c)
+        for _ in range(inner):
+            torch.nn.functional.linear(torch.nn.functional.gelu(torch.nn.functional.linear(a, b)), c)
         _sync(device)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0) / inner
 
     best = {n: float("inf") for n in wanted}
     threads = torch.get_num_threads()
@@ -230,11 +242,13 @@ def _check_name(precision: str) -> None:
 
 
 def resolve_precision(precision: str = "auto", device: Union[str, torch.device] = "cpu", *,
-                      cache: bool = True) -> Precision:
+                      cache: bool = True, width: Optional[int] = None) -> Precision:
     """Turn ``auto|fp32|bf16|fp16`` into a concrete :class:`Precision` for ``device``, with its reason.
 
-    ``auto`` decides by measurement (see the module docstring); an explicit name is honoured, with a
-    warning when it is known to be slow there (bf16 on a CPU without native bf16, fp16 on CPU).
+    ``auto`` decides by measurement (see the module docstring) at the model's ``width`` (the image
+    tower's, see :func:`model_width`; default :data:`DEFAULT_WIDTH`): a narrow tower's small matrices
+    may not gain from bf16 at all, so a tiny model can stay fp32 where a ViT-B goes bf16. An explicit name is honoured, with a warning when it is
+    known to be slow there (bf16 on a CPU without native bf16, fp16 on CPU).
     """
     _check_name(precision)
     dev = torch.device(device)
@@ -252,29 +266,30 @@ def resolve_precision(precision: str = "auto", device: Union[str, torch.device] 
             logger.warning("precision bf16: %s", reason)
         return Precision(precision, precision, kind, reason)
 
+    at = width or DEFAULT_WIDTH.get(kind, DEFAULT_WIDTH["cpu"])
     if kind == "cpu":
         native, features = cpu_bf16_support()
         if not native:
             return Precision("fp32", "auto", kind, f"auto: this CPU has no native bf16 ({features}): fp32")
-        ms = measure_dtypes(dev, ("fp32", "bf16"), cache=cache)
+        ms = measure_dtypes(dev, ("fp32", "bf16"), cache=cache, width=width)
         speedup = ms["fp32"] / ms["bf16"]
         if speedup >= MIN_SPEEDUP:
             return Precision("bf16", "auto", kind,
                              f"auto: native bf16 ({features}); bf16 weights measured {speedup:.1f}x faster than "
-                             f"fp32 on a transformer MLP (one thread)", ms)
+                             f"fp32 on a transformer MLP of width {at} (one thread)", ms)
         return Precision("fp32", "auto", kind,
-                         f"auto: native bf16 ({features}) but bf16 measured only {speedup:.2f}x fp32 "
-                         f"(< {MIN_SPEEDUP}x): fp32", ms)
+                         f"auto: native bf16 ({features}) but bf16 measured only {speedup:.2f}x fp32 at width "
+                         f"{at} (< {MIN_SPEEDUP}x): fp32", ms)
     if kind == "cuda":
         names = ["fp32", "fp16"] + (["bf16"] if torch.cuda.is_bf16_supported(including_emulation=False) else [])
-        ms = measure_dtypes(dev, names, cache=cache)
+        ms = measure_dtypes(dev, names, cache=cache, width=width)
         name = _device_name(dev)
         for half in ("fp16", "bf16"):  # fp16 first: the reference's dtype, more mantissa than bf16
             if half in ms and ms["fp32"] / ms[half] >= MIN_SPEEDUP:
                 return Precision(half, "auto", kind, f"auto: {half} measured {ms['fp32'] / ms[half]:.1f}x faster "
-                                                     f"than fp32 on {name}", ms)
+                                                     f"than fp32 on {name} at width {at}", ms)
         return Precision("fp32", "auto", kind, f"auto: no half precision measured >= {MIN_SPEEDUP}x faster than "
-                                               f"fp32 on {name}", ms)
+                                               f"fp32 on {name} at width {at}", ms)
     return Precision("fp32", "auto", kind, f"auto: device type {kind!r} is not measured: fp32")
 
 
@@ -297,6 +312,21 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype, text_dtype: Optional[
         if isinstance(p, torch.nn.Parameter):
             p.data = p.data.float()
     return model
+
+
+def model_width(modules: Sequence[torch.nn.Module]) -> Optional[int]:
+    """A transformer's width: the most common ``in_features`` of the linear layers in ``modules`` (q/k/v/out
+    projections and the MLP's first layer take the width; only the MLP's second takes 4x; a tie goes to
+    the narrower). ``nn.MultiheadAttention``'s fused in-projection counts as one layer of ``embed_dim``.
+    None without linear layers."""
+    counts: Dict[int, int] = {}
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, torch.nn.Linear):
+                counts[m.in_features] = counts.get(m.in_features, 0) + 1
+            elif isinstance(m, torch.nn.MultiheadAttention):  # its fused in-projection is no nn.Linear
+                counts[m.embed_dim] = counts.get(m.embed_dim, 0) + 1
+    return max(counts, key=lambda k: (counts[k], -k)) if counts else None
 
 
 def precision_of(model: torch.nn.Module) -> str:
@@ -324,14 +354,20 @@ def apply_precision(model: torch.nn.Module, precision: Union[str, Precision] = "
         vision: the image tower's modules when they are not ``model.visual`` (see :func:`cast_model`).
     The image tower takes the precision's dtype, the text tower ``text_precision``'s, the logit
     scale/bias stay fp32. An AlphaCLIP returns float32 features from ``encode_image`` /
-    ``encode_text`` whatever its weights' dtype.
+    ``encode_text`` whatever its weights' dtype. ``auto`` is measured at the image tower's width
+    (:func:`model_width` of ``vision``, else ``model.visual``, else the whole model).
     """
     if text_precision is not None and text_precision not in DTYPES:
         raise ValueError(f"text_precision: expected one of {', '.join(DTYPES)}, got {text_precision!r}")
     if device is None:
         first = next(model.parameters(), None)
         device = first.device if first is not None else torch.device("cpu")
-    choice = precision if isinstance(precision, Precision) else resolve_precision(precision, device, cache=cache)
+    if isinstance(precision, Precision):
+        choice = precision
+    else:
+        towers = vision if vision is not None else [getattr(model, "visual", None)]
+        towers = [m for m in towers if isinstance(m, torch.nn.Module)] or [model]
+        choice = resolve_precision(precision, device, cache=cache, width=model_width(towers))
     cast_model(model, choice.dtype, DTYPES[text_precision or choice.text], vision)
     if hasattr(type(model), "feature_dtype"):
         model.feature_dtype = torch.float32

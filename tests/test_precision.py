@@ -50,7 +50,7 @@ def test_bad_precision_names_the_argument():
 def test_auto_on_cpu_decides_by_support_and_measurement(monkeypatch, native, timings, expected, words):
     calls = []
     monkeypatch.setattr(prec, "cpu_bf16_support", lambda: (native, "amx_bf16" if native else "none"))
-    monkeypatch.setattr(prec, "measure_dtypes", lambda dev, names, cache=True: calls.append(names) or timings)
+    monkeypatch.setattr(prec, "measure_dtypes", lambda dev, names, cache=True, width=None: calls.append(names) or timings)
     choice = resolve_precision("auto", "cpu")
     assert choice.name == expected and choice.requested == "auto" and words in choice.reason
     assert choice.timings_ms == timings
@@ -84,6 +84,65 @@ def test_measurement_is_real_and_cached(cache, monkeypatch):
     assert prec.measure_dtypes("cpu", ("fp32", "bf16")) == ms          # from the file
     with pytest.raises(AssertionError, match="measured again"):
         prec.measure_dtypes("cpu", ("fp32", "bf16"), cache=False)
+
+
+def test_measurement_is_per_width(cache, monkeypatch):
+    """The MLP is as wide as asked (4x inside), each width has its own cache entry, and a bad width is named."""
+    shapes = []
+    real = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda x, w: shapes.append(tuple(w.shape)) or real(x, w))
+    narrow = prec.measure_dtypes("cpu", ("fp32", "bf16"), reps=1, width=16)
+    assert set(shapes) == {(64, 16), (16, 64)} and len(shapes) > 2 * 2 * 2  # a small MLP runs several times a timing
+    shapes.clear()
+    prec.measure_dtypes("cpu", ("fp32",), reps=1)
+    assert set(shapes) == {(4 * prec.DEFAULT_WIDTH["cpu"], prec.DEFAULT_WIDTH["cpu"]),
+                           (prec.DEFAULT_WIDTH["cpu"], 4 * prec.DEFAULT_WIDTH["cpu"])}
+    stored = json.loads(cache.read_text())
+    assert sorted(k.rsplit("|", 1)[1] for k in stored) == ["width 16", "width 512"]
+    assert stored[next(k for k in stored if k.endswith("|width 16"))] == narrow
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=r"width: expected a positive int \(the transformer's width\), got "):
+            prec.measure_dtypes("cpu", width=bad)
+
+
+def test_model_width_finds_the_towers_width():
+    import open_clip
+
+    import alphaclip_integrations.open_clip  # noqa: F401
+
+    assert prec.model_width([AlphaCLIP(**TINY_CFG).visual]) == TINY_CFG["vision_cfg"]["width"] == 64
+    clip = open_clip.create_model("alpha-ViT-Tiny-8")                   # nn.MultiheadAttention blocks
+    assert prec.model_width([clip.visual]) == clip.visual.transformer.width
+    mlp = torch.nn.Sequential(torch.nn.Linear(48, 192), torch.nn.Linear(192, 48), torch.nn.Linear(48, 10))
+    assert prec.model_width([mlp]) == 48
+    assert prec.model_width([torch.nn.Conv2d(3, 8, 3)]) is None
+
+
+def test_auto_is_measured_at_the_image_towers_width(monkeypatch):
+    """apply_precision measures at the image tower's width (not the text tower's), so a tiny tower whose
+    small matrices gain nothing stays fp32 while a wide one goes bf16; the reason names the width."""
+    widths = []
+
+    def fake(dev, names, cache=True, width=None):
+        widths.append(width)
+        return {"fp32": 10.0, "bf16": 9.0} if (width or 512) < 128 else {"fp32": 10.0, "bf16": 3.0}
+
+    monkeypatch.setattr(prec, "cpu_bf16_support", lambda: (True, "amx_bf16"))
+    monkeypatch.setattr(prec, "measure_dtypes", fake)
+    tiny = AlphaCLIP(**TINY_CFG)
+    choice = apply_precision(tiny, "auto")
+    assert widths == [64] and choice.name == "fp32" and "at width 64" in choice.reason
+    assert precision_of(tiny) == "fp32"
+    wide = AlphaCLIP(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=16, width=256, layers=1, head_width=64),
+                     text_cfg=dict(context_length=8, vocab_size=100, width=32, heads=1, layers=1))
+    choice = apply_precision(wide, "auto")
+    assert widths == [64, 256] and choice.name == "bf16" and "MLP of width 256" in choice.reason
+    assert precision_of(wide) == "bf16"
+    vit = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256))
+    assert apply_precision(torch.nn.Sequential(vit, torch.nn.Linear(32, 32)), "auto", vision=[vit]).name == "bf16"
+    assert widths[-1] == 256                                             # the named tower's width
+    assert resolve_precision("auto", "cpu").reason.endswith(f"width {prec.DEFAULT_WIDTH['cpu']} (one thread)")
+    assert widths[-1] is None                                            # measure_dtypes picks its default
 
 
 # ------------------------------------------------------------------------------------------------ application
@@ -276,7 +335,7 @@ def test_docs_performance_python_block_runs(cache, capsys, monkeypatch):
     from conftest import doc_blocks
 
     monkeypatch.setattr(prec, "cpu_bf16_support", lambda: (True, "amx_bf16"))    # the page shows a bf16 CPU
-    monkeypatch.setattr(prec, "measure_dtypes", lambda dev, names, cache=True: {"fp32": 10.0, "bf16": 2.0})
+    monkeypatch.setattr(prec, "measure_dtypes", lambda dev, names, cache=True, width=None: {"fp32": 10.0, "bf16": 2.0})
     (block,) = doc_blocks("docs/performance.md", "Python")
     exec(compile(block, "docs/performance.md", "exec"), {"__name__": "__docs__"})
     out = capsys.readouterr().out.splitlines()
