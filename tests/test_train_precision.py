@@ -11,24 +11,18 @@ import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.checkpoints import read_state_dict
 from alphaclip_train.loop import KILL_ENV, TrainConfig, build_model, param_groups, resolve_train_precision, train
 from alphaclip_train.master_weights import MasterWeights, frozen_in_trained_tower
-from alphaclip_train.synthetic import MICRO_CFG, init_model_dir, write_shards
+from conftest import micro_world, train_config
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A micro model and 8 synthetic 32px scenes: batch 8 sees the same samples every step."""
-    base = tmp_path_factory.mktemp("world")
-    init_model_dir(base / "model", MICRO_CFG, seed=0)
-    write_shards(base / "data", 8, per_shard=8, seed=1, size=32)
-    return base
+    return micro_world(tmp_path_factory.mktemp("world"), 8, per_shard=8)
 
 
 def _cfg(world, out, **kw):
-    d = dict(data=[str(world / "data")], output=str(out), model=f"local-dir:{world / 'model'}", steps=6,
-             batch_size=8, lr=2e-2, lr_ratio=0.1, warmup=1, save_every=3, log_every=1, shuffle_buffer=8, threads=1,
-             progress=False, seed=3, whole_image_ratio=0.0)
-    d.update(kw)
-    return TrainConfig(**d)
+    return train_config(world, out, **{"steps": 6, "lr": 2e-2, "lr_ratio": 0.1, "save_every": 3,
+                                       "whole_image_ratio": 0.0, **kw})
 
 
 def _losses(folder):
