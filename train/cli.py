@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
     p.add_argument("--freeze", nargs="*", default=[], help="parameter-name prefixes to keep frozen")
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
-                   help="fp32 (default); bf16: bf16 weights + fp32 master weights on CPU, autocast on GPU "
-                        "(bf16-weights / bf16-autocast to choose); fp16: autocast + grad scaler")
+                   help="fp32 (default); bf16: autocast (= bf16-autocast; bf16-weights: bf16 weights + fp32 "
+                        "master weights); fp16: autocast + grad scaler")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default=d.mode, help="paired transform geometry")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")

@@ -57,16 +57,19 @@ logger = logging.getLogger(__name__)
 
 #: testing hook: a process SIGKILLs itself right after finishing this step (simulates a crash)
 KILL_ENV = "ALPHACLIP_TRAIN_KILL_AT_STEP"
-#: ``bf16`` is ``bf16-weights`` on CPU (bf16 model + fp32 master weights, :mod:`.master_weights`: measured
-#: faster than autocast there, see benchmarks/train_speed.py) and ``bf16-autocast`` elsewhere (fp32
-#: weights, ``torch.autocast``: the usual GPU path); both can be asked for by name.
+#: ``bf16`` is ``bf16-autocast`` (fp32 weights, ``torch.autocast``) on every device: on CPU it measured
+#: faster than ``bf16-weights`` (bf16 model + fp32 master weights, :mod:`.master_weights`) for a B/16
+#: (1.85x vs 0.95x fp32, benchmarks/results/train_speed.md; the toy: 0.51x vs 0.69x, both slower than
+#: fp32). ``bf16-weights`` can be asked for by name; the GPU suite measures both on a GPU.
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "bf16-weights")
 
 
 def resolve_train_precision(precision: str, device: torch.device) -> str:
-    """``bf16`` -> ``bf16-weights`` on CPU, ``bf16-autocast`` elsewhere; other values unchanged."""
+    """The concrete training path of ``precision`` on ``device``: ``bf16`` -> ``bf16-autocast`` (measured
+    the faster bf16 path for a B/16 on CPU; see :data:`PRECISIONS`); other values unchanged. ``device``
+    is where a per-device choice would be made once the GPU suite has measured both paths on a GPU."""
     if precision == "bf16":
-        return "bf16-weights" if device.type == "cpu" else "bf16-autocast"
+        return "bf16-autocast"
     return precision
 
 
