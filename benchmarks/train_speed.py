@@ -13,7 +13,8 @@ in its own process (ru_maxrss is per process).
     python benchmarks/train_speed.py --ckpt --rss              # with gradient checkpointing, and memory
 
 ``bench()`` (one configuration, used by train_gpu.py and gpu_suite.py) and ``setup()`` are importable.
-Writes benchmarks/results/train_speed.{json,md}.
+Writes benchmarks/results/train_speed_precision.{json,md} (``--out``; the fp32-only run with and without
+gradient checkpointing of 0.1.0 is ``train_speed.{json,md}``).
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def main() -> int:
     ap.add_argument("--b16-batch", type=int, default=8)
     ap.add_argument("--rss", action="store_true", help="also peak memory: each configuration in its own process")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(RESULTS / "train_speed"))
+    ap.add_argument("--out", default=str(RESULTS / "train_speed_precision"))
     args = ap.parse_args()
     if args.child:
         return _child(args)

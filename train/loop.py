@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 KILL_ENV = "ALPHACLIP_TRAIN_KILL_AT_STEP"
 #: ``bf16`` is ``bf16-autocast`` (fp32 weights, ``torch.autocast``) on every device: on CPU it measured
 #: faster than ``bf16-weights`` (bf16 model + fp32 master weights, :mod:`.master_weights`) for a B/16
-#: (1.85x vs 0.95x fp32, benchmarks/results/train_speed.md; the toy: 0.51x vs 0.69x, both slower than
+#: (1.85x vs 0.95x fp32, benchmarks/results/train_speed_precision.md; the toy: 0.51x vs 0.69x, both slower than
 #: fp32). ``bf16-weights`` can be asked for by name; the GPU suite measures both on a GPU.
 PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "bf16-weights")
 

@@ -22,7 +22,7 @@ blocks inside a trained bf16 tower (``unfreeze_last``) are slow on CPU: :func:`f
 says when that is the case (the trainer warns). Frozen parameters that are cast keep their float32
 values, so :meth:`MasterWeights.state_dict` and :meth:`MasterWeights.restore_fp32` give the exact
 fp32 weights (a frozen text tower stays bit-identical to the base CLIP in checkpoints and final files).
-Measured on CPU (``benchmarks/results/train_speed.md``, a busy 2-core machine, 2 rounds): faster than
+Measured on CPU (``benchmarks/results/train_speed_precision.md``, a busy 2-core machine, 2 rounds): faster than
 autocast for the toy (0.69x vs 0.51x fp32, both slower than fp32) but not for a B/16 (0.95x vs 1.85x
 fp32), so ``bf16`` means autocast and this path is chosen by name.
 This is written here rather than taken from a library because the trainer needs only these four
