@@ -288,7 +288,7 @@ def _cmd_backbones(as_json: bool) -> int:
 
 
 def _print_system(as_json: bool) -> None:
-    from .precision import system_info
+    from .system import system_info
 
     info = system_info()
     if as_json:

@@ -149,7 +149,8 @@ def _median_times(fns: Dict[str, Callable[[], Any]], reps: int, device: str) -> 
 def section_system(args, budget: Budget) -> Dict[str, Any]:
     from torch.profiler import profile
 
-    from alphaclip_core.precision import resolve_precision, system_info
+    from alphaclip_core.precision import resolve_precision
+    from alphaclip_core.system import system_info
 
     info = system_info()
     choice = resolve_precision("auto", args.device)
