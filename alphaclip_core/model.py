@@ -370,10 +370,24 @@ class AlphaModel:
         #: the open_clip model config this model was built from (JSON-able), used when saving.
         self.model_cfg = cfg
 
+    #: dtype of the features ``encode_image`` / ``encode_text`` return; None: the towers' own dtype (as
+    #: open_clip). :func:`alphaclip_core.precision.apply_precision` sets float32, so that features of a
+    #: bf16/fp16 model compare with float32 ones (normalised after the cast: unit norm in float32).
+    feature_dtype: Optional[torch.dtype] = None
+
     def encode_image(self, image: torch.Tensor, alpha: Optional[torch.Tensor] = None,
                      normalize: bool = False) -> torch.Tensor:
         """``[B, 3, H, W]`` images + ``[B, 1, H, W]`` normalised alpha (None = whole image) -> ``[B, embed_dim]``."""
         features = self.visual(image, alpha)
+        if self.feature_dtype is not None:
+            features = features.to(self.feature_dtype)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """open_clip's ``encode_text`` (``[B, context]`` tokens -> ``[B, embed_dim]``), in :attr:`feature_dtype`."""
+        features = super().encode_text(text)
+        if self.feature_dtype is not None:
+            features = features.to(self.feature_dtype)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None,

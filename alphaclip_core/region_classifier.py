@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .alpha import _image_to_tensor, boxes_to_masks, prepare, to_masks
 from .checkpoints import atomic_write
-from .regions import preprocess_params, score_regions, text_classifier
+from .regions import preprocess_params, region_batch_size, score_regions, text_classifier
 
 __all__ = ["DETECTION_TEMPLATES", "RegionLogits", "AlphaCLIPRegionClassifier", "geometric_ensemble",
            "box_iou", "expand_boxes", "snap_boxes", "category_name", "read_vocabulary", "save_text_classifier",
@@ -323,7 +323,8 @@ class AlphaCLIPRegionClassifier:
         mode: the paired transform's geometry (``pad`` keeps every region; ``crop``; ``squash``).
         ensemble_weight: ``w`` of :func:`geometric_ensemble`; float or ``[C]``.
         logit_scale: multiplies the cosine; ``None`` = the model's ``logit_scale.exp()`` (100 for CLIP).
-        batch_size: regions per forward pass.
+        batch_size: regions per forward pass (None: :func:`~alphaclip_core.regions.region_batch_size`,
+            sized to GPU memory on CUDA, 32 elsewhere).
         min_crop: smallest crop side in pixels when ``expansion`` is set.
         text_features: precomputed ``[C, D]`` unit rows (skips the text tower).
     """
@@ -331,7 +332,7 @@ class AlphaCLIPRegionClassifier:
     def __init__(self, model: torch.nn.Module, tokenizer: Optional[Callable], vocabulary: Sequence[str], *,
                  templates: Sequence[str] = DETECTION_TEMPLATES, expansion: Optional[float] = None,
                  mode: str = "pad", ensemble_weight: Union[float, torch.Tensor] = 0.5,
-                 logit_scale: Optional[float] = None, batch_size: int = 32, min_crop: float = 8.0,
+                 logit_scale: Optional[float] = None, batch_size: Optional[int] = None, min_crop: float = 8.0,
                  text_features: Optional[torch.Tensor] = None) -> None:
         if isinstance(vocabulary, str) or not vocabulary:
             raise ValueError("vocabulary: expected a non-empty sequence of class names")
@@ -339,6 +340,8 @@ class AlphaCLIPRegionClassifier:
             raise ValueError(f"expansion: expected None (whole image) or a ratio >= 1, got {expansion}")
         if mode not in ("crop", "pad", "squash"):
             raise ValueError(f"mode: expected 'crop', 'pad' or 'squash', got {mode!r}")
+        if batch_size is None:
+            batch_size = region_batch_size(model)
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
         self.model = model

@@ -13,9 +13,13 @@ import torch.nn.functional as F
 
 from .alpha import prepare
 
-__all__ = ["RegionScores", "text_classifier", "score_regions", "classify_regions", "preprocess_params"]
+__all__ = ["RegionScores", "text_classifier", "score_regions", "classify_regions", "preprocess_params",
+           "region_batch_size", "batch_from_memory", "DEFAULT_REGION_BATCH"]
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+#: regions per forward pass off-GPU: on CPU every region costs its own forward arithmetic, so batching
+#: saves little there (benchmarks/results/region_speed.md) and 32 keeps memory small
+DEFAULT_REGION_BATCH = 32
 
 
 def preprocess_params(model: torch.nn.Module) -> dict:
@@ -62,9 +66,58 @@ def text_classifier(model: torch.nn.Module, tokenizer: Callable, labels: Sequenc
     return torch.cat(rows)
 
 
+def batch_from_memory(free_bytes: float, bytes_per_region: float, memory_fraction: float = 0.5,
+                      max_batch: int = 512) -> int:
+    """How many regions fit in ``memory_fraction`` of ``free_bytes`` at ``bytes_per_region`` each: at least 1,
+    at most ``max_batch``, a multiple of 8 above 8 (tensor-core friendly)."""
+    if bytes_per_region <= 0 or free_bytes < 0:
+        raise ValueError(f"bytes_per_region / free_bytes: expected > 0 and >= 0, got {bytes_per_region}, {free_bytes}")
+    n = int(free_bytes * memory_fraction // bytes_per_region)
+    n = max(1, min(max_batch, n))
+    return n - n % 8 if n > 8 else n
+
+
+def _bytes_per_region(model: torch.nn.Module, device: torch.device) -> float:
+    """Peak CUDA memory one more region costs in ``encode_image`` (measured: 1 vs 5 regions)."""
+    size = preprocess_params(model)["size"]
+    from .model import WHOLE_IMAGE_ALPHA
+
+    def peak(n: int) -> int:
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        x = torch.zeros(n, 3, size, size, device=device)
+        model.encode_image(x, torch.full((n, 1, size, size), WHOLE_IMAGE_ALPHA, device=device))
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+
+    with torch.inference_mode():
+        peak(1)  # warm-up: kernels and workspaces are not per-region cost
+        one, five = peak(1), peak(5)
+    return max(1.0, (five - one) / 4)
+
+
+def region_batch_size(model: torch.nn.Module, memory_fraction: float = 0.5, max_batch: int = 512) -> int:
+    """Regions per forward pass for :func:`score_regions` on ``model``'s device.
+
+    CPU (and other devices): :data:`DEFAULT_REGION_BATCH`. CUDA: as many regions as fit in
+    ``memory_fraction`` of the free GPU memory, from a measured per-region peak (two small probe
+    forwards, cached on the model per device and dtype; resets CUDA's peak-memory statistics).
+    """
+    param = next(model.parameters())
+    if param.device.type != "cuda":
+        return DEFAULT_REGION_BATCH
+    cache = model.__dict__.setdefault("_region_bytes", {})
+    key = (str(param.device), str(param.dtype))
+    if key not in cache:
+        cache[key] = _bytes_per_region(model, param.device)
+    free, _ = torch.cuda.mem_get_info(param.device)
+    return batch_from_memory(free, cache[key], memory_fraction, max_batch)
+
+
 @torch.no_grad()
 def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tensor, text_features: torch.Tensor,
-                  batch_size: int = 32) -> torch.Tensor:
+                  batch_size: Optional[int] = None) -> torch.Tensor:
     """Cosine similarity of every region of one image with every text: ``[K, L]`` in ``[-1, 1]``.
 
     Args:
@@ -72,7 +125,7 @@ def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tens
             ``[K, 3, S, S]``, one image per region (e.g. per-region background-blurred copies).
         alpha: ``[K, 1, S, S]`` normalised alpha maps, one per region.
         text_features: ``[L, D]`` unit vectors (see :func:`text_classifier`).
-        batch_size: regions per forward pass.
+        batch_size: regions per forward pass (None: :func:`region_batch_size`, sized to GPU memory).
     """
     if alpha.dim() != 4 or alpha.shape[1] != 1 or (image.dim() == 4 and alpha.shape[2:] != image.shape[2:]):
         shape = f"{image.shape[2]},{image.shape[3]}" if image.dim() == 4 else "S,S"
@@ -80,6 +133,8 @@ def score_regions(model: torch.nn.Module, image: torch.Tensor, alpha: torch.Tens
     if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] not in (1, alpha.shape[0]):
         raise ValueError(f"image: expected one prepared image [1,3,S,S] or one per region [K={alpha.shape[0]},3,S,S], "
                          f"got {list(image.shape)}")
+    if batch_size is None:
+        batch_size = region_batch_size(model)
     if batch_size < 1:
         raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     device = next(model.parameters()).device
@@ -126,7 +181,8 @@ class RegionScores:
 @torch.no_grad()
 def classify_regions(model: torch.nn.Module, tokenizer: Callable, image, labels: Sequence[str], *,
                      mask=None, box=None, polygon=None, rle=None,
-                     templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: int = 32, mode: str = "crop",
+                     templates: Sequence[str] = DEFAULT_TEMPLATES, batch_size: Optional[int] = None,
+                     mode: str = "crop",
                      ) -> RegionScores:
     """Classify many regions of one image over a label list.
 
@@ -136,7 +192,7 @@ def classify_regions(model: torch.nn.Module, tokenizer: Callable, image, labels:
         mask, box, polygon, rle: the regions, as :func:`alphaclip_core.prepare` takes them
             (none = the whole image).
         templates: prompt templates, averaged per label.
-        batch_size: regions per forward pass.
+        batch_size: regions per forward pass (None: :func:`region_batch_size`).
         mode: the paired transform's geometry (``crop``, ``pad`` or ``squash``).
     Returns:
         :class:`RegionScores` with ``[K, L]`` probabilities, K regions in the order masks, boxes,

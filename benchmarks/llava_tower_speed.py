@@ -15,6 +15,10 @@ alpha and a zero alpha conv).
 
     python benchmarks/llava_tower_speed.py                        # CPU, ViT-B/16 @224, batch 4
     python benchmarks/llava_tower_speed.py --arch L14-336 --device cuda --precision fp16 --batch 16
+    python benchmarks/llava_tower_speed.py --attn-implementation eager     # transformers' explicit attention
+
+The transformers towers use ``--attn-implementation`` (default ``sdpa``; ``flash_attention_2`` where the
+flash-attn package is installed); the open_clip tower uses ``nn.MultiheadAttention``.
 
 Writes ``benchmarks/results/llava_tower_<tag>.json`` and ``.md`` (tag: ``--tag`` or the device).
 """
@@ -43,6 +47,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ARCHS = {
     "B16": dict(image_size=224, patch_size=16, width=768, layers=12, head_width=64),
     "L14-336": dict(image_size=336, patch_size=14, width=1024, layers=24, head_width=64),
+    "tiny": dict(image_size=32, patch_size=8, width=64, layers=3, head_width=32),  # tests of this script
 }
 TEXT = dict(context_length=77, vocab_size=49408, width=512, heads=8, layers=1)
 
@@ -52,15 +57,10 @@ def timed_median(fn, reps: int, device: str) -> float:
     return statistics.median(timed(fn, device) for _ in range(reps))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="B16", choices=sorted(ARCHS))
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
-    p.add_argument("--tag", default=None)
-    args = p.parse_args()
+def run(arch: str = "B16", batch: int = 4, reps: int = 5, device: str = "cpu", precision: str = "fp32",
+        attn_implementation: str = "sdpa") -> dict:
+    """Time the three towers and compare their features; returns the result dict (see the module docstring)."""
+    args = types.SimpleNamespace(arch=arch, batch=batch, reps=reps, device=device, precision=precision)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
     vcfg = ARCHS[args.arch]
     torch.manual_seed(0)
@@ -78,11 +78,11 @@ def main() -> None:
     hf_cfg = AlphaCLIPVisionConfig(hidden_size=vcfg["width"], intermediate_size=4 * vcfg["width"],
                                    num_hidden_layers=vcfg["layers"], num_attention_heads=vcfg["width"] // 64,
                                    image_size=vcfg["image_size"], patch_size=vcfg["patch_size"],
-                                   hidden_act="quick_gelu")
+                                   hidden_act="quick_gelu", attn_implementation=attn_implementation)
     hf_alpha = vision_model_from_state_dict(sd, hf_cfg)
     clip = CLIPVisionModel(CLIPVisionConfig(**{k: getattr(hf_cfg, k) for k in (
         "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
-        "hidden_act")})).eval()
+        "hidden_act")}, attn_implementation=attn_implementation)).eval()
     plain = {k: v for k, v in hf_alpha.state_dict().items() if "patch_embedding_alpha" not in k}
     clip.load_state_dict(plain)
     for m in (llava_tower, hf_alpha, clip):
@@ -119,9 +119,9 @@ def main() -> None:
     diff_zero_llava = float((run_llava_alpha().float() - run_clip().float()).abs().max())
     scale = float(run_clip().float().abs().max())
 
-    tag = args.tag or args.device.split(":")[0]
-    result = {
+    return {
         "machine": describe(machine(args.device)), "arch": args.arch, "batch": b, "precision": args.precision,
+        "attn_implementation": {"transformers": hf_alpha.config._attn_implementation, "open_clip": "nn.MultiheadAttention"},
         "reps": args.reps, "median_seconds_per_batch": seconds,
         "images_per_second": {k: b / v for k, v in seconds.items()},
         "max_abs_diff": {"hf-alpha vs llava-alpha (same alpha)": diff_alpha,
@@ -131,6 +131,21 @@ def main() -> None:
         "torch": torch.__version__,
         "load_average_1_5_15min_at_end": list(os.getloadavg()),
     }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="B16", choices=sorted(ARCHS))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    p.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "eager", "flash_attention_2"))
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    result = run(args.arch, args.batch, args.reps, args.device, args.precision, args.attn_implementation)
+    seconds, b, scale = result["median_seconds_per_batch"], args.batch, result["feature_max_abs"]
+    tag = args.tag or args.device.split(":")[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"llava_tower_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# LLaVA vision towers ({args.arch}, batch {b}, {args.precision})", "",

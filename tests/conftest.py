@@ -28,6 +28,28 @@ def tiny_cfg(**vision_overrides) -> dict:
     return cfg
 
 
+def micro_world(base: Path, samples: int, per_shard: int, model: bool = True) -> Path:
+    """A training world under ``base``: ``samples`` synthetic 32 px scenes in shards of ``per_shard`` (``base/data``)
+    and, with ``model``, the micro open_clip model folder (``base/model``, MICRO_CFG, seed 0)."""
+    from alphaclip_train.synthetic import MICRO_CFG, init_model_dir, write_shards
+
+    if model:
+        init_model_dir(base / "model", MICRO_CFG, seed=0)
+    write_shards(base / "data", samples, per_shard=per_shard, seed=1, size=32)
+    return base
+
+
+def train_config(world: Path, out, **kw):
+    """A small CPU training run over a :func:`micro_world`: batch 8, one thread, no progress bar, seed 3,
+    the world's micro model; ``kw`` overrides any TrainConfig field."""
+    from alphaclip_train.loop import TrainConfig
+
+    d = dict(data=[str(world / "data")], output=str(out), model=f"local-dir:{world / 'model'}", batch_size=8,
+             warmup=1, log_every=1, shuffle_buffer=8, threads=1, progress=False, seed=3)
+    d.update(kw)
+    return TrainConfig(**d)
+
+
 def randomize_alpha_conv(model: AlphaCLIP, seed: int = 1, scale: float = 0.5) -> AlphaCLIP:
     g = torch.Generator().manual_seed(seed)
     w = model.visual.conv1_alpha.weight

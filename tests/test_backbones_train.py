@@ -15,24 +15,20 @@ import alphaclip_integrations.open_clip  # noqa: F401
 import backbones_kit as kit
 from alphaclip_core.checkpoints import detect_format, read_state_dict, save_safetensors
 from alphaclip_train.data import RegionBatches
-from alphaclip_train.loop import TrainConfig, build_model, loss_name, param_groups, train
+from alphaclip_train.loop import build_model, loss_name, param_groups, train
 from alphaclip_train.loss import contrastive_loss, loss_for, sigmoid_loss
-from alphaclip_train.synthetic import write_shards
+from conftest import micro_world, train_config
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     kit.register(tmp_path_factory.mktemp("toy_configs"))
-    base = tmp_path_factory.mktemp("backbone_world")
-    write_shards(base / "data", 48, per_shard=12, seed=1, size=32)
-    return base
+    return micro_world(tmp_path_factory.mktemp("backbone_world"), 48, per_shard=12, model=False)
 
 
 def _cfg(world, out, name, **kw):
-    d = dict(data=[str(world / "data")], output=str(out), model="alpha-" + name, steps=24, batch_size=8, lr=3e-3,
-             lr_ratio=1.0, warmup=1, save_every=100, log_every=1, shuffle_buffer=8, threads=1, progress=False, seed=3)
-    d.update(kw)
-    return TrainConfig(**d)
+    return train_config(world, out, **{"model": "alpha-" + name, "steps": 24, "lr": 3e-3, "lr_ratio": 1.0,
+                                       "save_every": 100, **kw})
 
 
 # ------------------------------------------------------------------------------------------------ the loss

@@ -36,7 +36,7 @@ def test_classify_prints_a_ranked_table_and_writes_an_overlay(files, capsys):
     d, model = files
     rc = main(["classify", str(d / "scene.png"), "--mask", str(d / "mask.png"), "--box", "10,10,50,40",
                "--labels", "cat", "dog", "tree", "--model", TINY, "--checkpoint", str(d / "alpha.pth"),
-               "--base", str(d / "base.pt"), "--overlay", str(d / "out.png"), "--json"])
+               "--base", str(d / "base.pt"), "--overlay", str(d / "out.png"), "--json", "--precision", "fp32"])
     assert rc == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["region"] for r in rows] == ["mask mask.png", "box 0"]

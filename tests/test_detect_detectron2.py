@@ -72,7 +72,7 @@ def tiny_cfg(alpha_file, tmp_path, heads="StandardROIHeads", weight=0.5, classes
     if enable:
         ad2.enable_alphaclip(cfg, **{"arch": "alpha-ViT-Tiny-8", "checkpoint": str(alpha_file), "base": "",
                                      "vocabulary": VOCAB, "prompts": ["a photo of a {}."],
-                                     "ensemble_weight": weight, **keys})
+                                     "ensemble_weight": weight, "precision": "fp32", **keys})
     return cfg
 
 
@@ -188,7 +188,7 @@ def test_build_errors_name_the_config_key(alpha_file, tmp_path):
     with pytest.raises(FileNotFoundError, match="MODEL.ALPHA_CLIP.BASE: no such file"):
         build_model(cfg)
     cfg = tiny_cfg(alpha_file, tmp_path, precision="fp8")
-    with pytest.raises(ValueError, match="MODEL.ALPHA_CLIP.PRECISION: expected fp32, fp16 or bf16"):
+    with pytest.raises(ValueError, match="MODEL.ALPHA_CLIP.PRECISION: expected auto, fp32, fp16 or bf16"):
         build_model(cfg)
 
 

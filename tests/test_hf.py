@@ -430,7 +430,7 @@ def test_region_pipeline_ranks_a_constructed_case(tmp_path):
         model.text_projection.copy_(w)
         assert torch.allclose(model.encode_text(tokens[:3]), feats, atol=1e-3)
     ah.save_hf(model, tmp_path / "m")
-    pipe = pipeline("zero-shot-region-classification", model=str(tmp_path / "m"))
+    pipe = pipeline("zero-shot-region-classification", model=str(tmp_path / "m"), precision="fp32")
     assert isinstance(pipe, ah.ZeroShotRegionClassificationPipeline)
     result = pipe(Image.fromarray(img), candidate_labels=labels, boxes=boxes)
     assert len(result) == 3
@@ -444,13 +444,27 @@ def test_region_pipeline_ranks_a_constructed_case(tmp_path):
         torch.testing.assert_close(torch.tensor([got[x] for x in labels]), core.probs[i], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="candidate_labels: expected at least one label"):
         pipe(img, candidate_labels=[])
+    # precision: bf16 vision tower, fp32 text tower; same ranking, probabilities within bf16's rounding
+    low = pipeline("zero-shot-region-classification", model=str(tmp_path / "m"), precision="bf16")
+    assert low.precision.name == "bf16" and low.model.vision_model.embeddings.patch_embedding.weight.dtype == \
+        torch.bfloat16 and low.model.text_model.embeddings.token_embedding.weight.dtype == torch.float32
+    for ranked, ref in zip(low(Image.fromarray(img), candidate_labels=labels, boxes=boxes), result):
+        assert [r["label"] for r in ranked] == [r["label"] for r in ref]
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(ranked, ref)) < 0.02
+    default = pipeline("zero-shot-region-classification", model=str(tmp_path / "m"))   # fp32 load: auto
+    assert default.precision.requested == "auto"
+    half = pipeline("zero-shot-region-classification", model=str(tmp_path / "m"), dtype=torch.float16)
+    assert half.precision is None   # the caller's dtype is kept
+    assert half.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.float16
+    with pytest.raises(ValueError, match="precision: expected one of auto, fp32, bf16, fp16, got 'int8'"):
+        pipeline("zero-shot-region-classification", model=str(tmp_path / "m"), precision="int8")
 
 
 def test_stock_zero_shot_image_pipeline_runs_whole_image(folder):
     path, _ = folder
     img = Image.fromarray(_image())
     stock = pipeline("zero-shot-image-classification", model=str(path))
-    region = pipeline("zero-shot-region-classification", model=str(path))
+    region = pipeline("zero-shot-region-classification", model=str(path), precision="fp32")
     labels = ["cat", "dog", "car"]
     a = {r["label"]: r["score"] for r in stock(img, candidate_labels=labels, hypothesis_template="a photo of a {}.")}
     (b,) = region(img, candidate_labels=labels)  # no region = the whole image

@@ -277,7 +277,7 @@ def test_torchrun_two_processes(tmp_path, model):
            "-m", "alphaclip_core.cli", "pseudolabel", "--dataset", str(files["dataset"]),
            "--image-root", str(files["image_root"]), "--candidates", str(files["candidates"]),
            "--out-dir", str(tmp_path / "dist"), "--text-features", str(tmp_path / "classes.npy"),
-           "--shard-size", "2", "--model", f"local-dir:{folder}", "--no-progress"]
+           "--shard-size", "2", "--model", f"local-dir:{folder}", "--no-progress", "--precision", "fp32"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads((tmp_path / "dist" / "pseudo_labels.json").read_text())

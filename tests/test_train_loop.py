@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 import alphaclip_integrations.open_clip  # noqa: F401
 from alphaclip_core.checkpoints import detect_format, read_state_dict
-from alphaclip_train.loop import KILL_ENV, TrainConfig, build_model, lr_lambda, param_groups, train
+from alphaclip_train.loop import KILL_ENV, build_model, lr_lambda, param_groups, train
 from alphaclip_train.loss import contrastive_loss
-from alphaclip_train.synthetic import MICRO_CFG, init_model_dir, write_shards
+from conftest import micro_world, train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,18 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A micro model folder and 48 synthetic 32px scenes in 4 shards."""
-    base = tmp_path_factory.mktemp("world")
-    init_model_dir(base / "model", MICRO_CFG, seed=0)
-    write_shards(base / "data", 48, per_shard=12, seed=1, size=32)
-    return base
+    return micro_world(tmp_path_factory.mktemp("world"), 48, per_shard=12)
 
 
 def _cfg(world, out, **kw):
-    d = dict(data=[str(world / "data")], output=str(out), model=f"local-dir:{world / 'model'}", steps=4,
-             batch_size=8, lr=1e-2, warmup=1, save_every=2, log_every=1, shuffle_buffer=8, threads=1,
-             progress=False, seed=3)
-    d.update(kw)
-    return TrainConfig(**d)
+    return train_config(world, out, **{"steps": 4, "lr": 1e-2, "save_every": 2, **kw})
 
 
 def _env():

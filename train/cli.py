@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` and ``demo`` subcommands to the ``alphaclip`` command."""
-    from .loop import TrainConfig
+    from .loop import PRECISIONS, TrainConfig
 
     d = TrainConfig(data=["-"], output="-")
     p = subparsers.add_parser(
@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
     p.add_argument("--freeze", nargs="*", default=[], help="parameter-name prefixes to keep frozen")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32 (default); bf16: autocast (= bf16-autocast; bf16-weights: bf16 weights + fp32 "
+                        "master weights); fp16: autocast + grad scaler")
     p.add_argument("--grad-checkpointing", action="store_true")
     p.add_argument("--mode", choices=("crop", "pad", "squash"), default=d.mode, help="paired transform geometry")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")

@@ -48,13 +48,29 @@ from alphaclip_core.model import AlphaCLIP, AlphaModel, AlphaVisionTransformer, 
 
 from .data import RegionBatches, make_loader
 from .loss import LOSSES, contrastive_loss, gather_rows, gather_sizes, loss_for, sigmoid_loss
+from .master_weights import MasterWeights, frozen_in_trained_tower
 
-__all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "loss_name", "KILL_ENV"]
+__all__ = ["TrainConfig", "train", "build_model", "param_groups", "lr_lambda", "loss_name", "KILL_ENV", "PRECISIONS",
+           "resolve_train_precision", "autocast_for", "optimizer_step"]
 
 logger = logging.getLogger(__name__)
 
 #: testing hook: a process SIGKILLs itself right after finishing this step (simulates a crash)
 KILL_ENV = "ALPHACLIP_TRAIN_KILL_AT_STEP"
+#: ``bf16`` is ``bf16-autocast`` (fp32 weights, ``torch.autocast``) on every device: on CPU it measured
+#: faster than ``bf16-weights`` (bf16 model + fp32 master weights, :mod:`.master_weights`) for a B/16
+#: (1.85x vs 0.95x fp32, benchmarks/results/train_speed_precision.md; the toy: 0.51x vs 0.69x, both slower than
+#: fp32). ``bf16-weights`` can be asked for by name; the GPU suite measures both on a GPU.
+PRECISIONS = ("fp32", "bf16", "fp16", "bf16-autocast", "bf16-weights")
+
+
+def resolve_train_precision(precision: str, device: torch.device) -> str:
+    """The concrete training path of ``precision`` on ``device``: ``bf16`` -> ``bf16-autocast`` (measured
+    the faster bf16 path for a B/16 on CPU; see :data:`PRECISIONS`); other values unchanged. ``device``
+    is where a per-device choice would be made once the GPU suite has measured both paths on a GPU."""
+    if precision == "bf16":
+        return "bf16-autocast"
+    return precision
 
 
 @dataclass
@@ -88,7 +104,7 @@ class TrainConfig:
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
     freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
-    precision: str = "fp32"                 #: fp32, bf16 (autocast) or fp16 (autocast + grad scaler)
+    precision: str = "fp32"                 #: fp32, bf16, fp16 (autocast + grad scaler); see BF16_MODES
     grad_checkpointing: bool = False
     mode: str = "crop"                      #: paired transform geometry
     workers: int = 0
@@ -111,8 +127,8 @@ class TrainConfig:
             raise ValueError(f"stage: expected 'alpha' or 'clip', got {self.stage!r}")
         if self.loss not in ("auto",) + LOSSES:
             raise ValueError(f"loss: expected 'auto', 'contrastive' or 'sigmoid', got {self.loss!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("steps", "batch_size", "accum", "save_every", "log_every", "max_empty_batches",
                      "interleave"):
             if int(getattr(self, name)) < 1:
@@ -382,6 +398,14 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         model = build_model(cfg.model, cfg.init, cfg.base).to(device)
         model.visual.check_alpha = False  # alpha comes from the paired transform: no per-step sync
         groups = param_groups(model, cfg)
+        precision = resolve_train_precision(cfg.precision, device)
+        master = MasterWeights(model, groups) if precision == "bf16-weights" else None
+        if device.type == "cpu" and precision.startswith("bf16") and frozen_in_trained_tower(model):
+            logger.warning("bf16 on CPU with frozen parameters inside the trained vision tower (unfreeze_last/freeze): "
+                           "PyTorch's bf16 CPU linear is very slow for frozen weights there; fp32 may be faster")
+        if master is not None:
+            groups = master.param_groups  # the optimizer updates the fp32 masters
+        logger.info("training precision %s on %s", precision, device)
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup, cfg.steps, cfg.min_lr_ratio))
         scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
@@ -400,6 +424,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if cfg.resume and latest.exists():
             state = _read_resume_state(latest, cfg)
             _restore(latest, state, model, opt, sched, scaler)
+            if master is not None:
+                master.load_state_dict(state["model"])  # the fp32 masters (the model holds them rounded)
             start_step, next_batch = int(state["step"]), int(state["next_batch"])
             saved = state.get("totals")
             if isinstance(saved, torch.Tensor) and saved.numel() <= totals.numel():
@@ -432,8 +458,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if world > 1:
             ddp = nn.parallel.DistributedDataParallel(
                 towers, device_ids=[device.index] if device.type == "cuda" else None)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-        autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        autocast = autocast_for(precision, device)
 
         fixed_scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.detach().exp())
         if loss == "sigmoid":  # SigLIP's scale goes with its bias: the base's own (learned in stage clip)
@@ -497,13 +522,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             micro = keep
             loss_value = _step(ddp, towers, micro, device, autocast, scaler, learn_scale, cfg, rank, world,
                                fixed_scale, loss=loss)
-            if cfg.grad_clip:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip)
-            scaler.step(opt)
-            scaler.update()
+            optimizer_step(opt, scaler, master, cfg.grad_clip)
             sched.step()
-            opt.zero_grad(set_to_none=True)
             if learn_scale:
                 with torch.no_grad():
                     model.logit_scale.clamp_(0, math.log(100))
@@ -532,8 +552,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 bar.set_postfix(loss=f"{last_loss:.4f}", skipped=int(totals[2]))
                 t0, seen = time.perf_counter(), 0
             if step % cfg.save_every == 0 or step == cfg.steps:
-                _save_checkpoint(latest, model, opt, sched, scaler, step, next_batch, cfg, rank, world, totals,
-                                 dataset.fingerprint())
+                _save_checkpoint(latest, master or model, opt, sched, scaler, step, next_batch, cfg, rank, world,
+                                 totals, dataset.fingerprint())
             if kill_at and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
@@ -542,6 +562,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             logger.warning("skipped %d corrupt sample(s) in all (%d step(s) had none usable); see log.jsonl",
                            int(totals[2]), int(totals[3]))
         files: Dict[str, str] = {}
+        if master is not None:
+            master.restore_fp32()  # final weights in fp32 (the masters; the frozen text tower as loaded)
         if rank == 0:
             files = _save_final(model, out / "final")
         if world > 1:
@@ -551,6 +573,29 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
     finally:
         if created_pg and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def autocast_for(precision: str, device: torch.device):
+    """A zero-argument factory of the forward's autocast context for a resolved training precision
+    (``bf16-autocast``, ``fp16``; a null context otherwise)."""
+    amp_dtype = {"bf16-autocast": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+
+
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, master: Optional[MasterWeights],
+                   grad_clip: Optional[float] = None) -> None:
+    """Everything after backward: gradients to the fp32 masters (bf16-weights), unscale + clip, the
+    optimizer step, the scaler update, zeroed gradients, masters back into the model."""
+    if master is not None:
+        master.grads_to_master()
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    if master is not None:
+        master.master_to_model()
 
 
 def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], device: torch.device, autocast,

@@ -621,7 +621,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         max_per_image=args.max_per_image, nms_iou=args.nms_iou, proposal_weight=args.proposal_weight,
         templates=tuple(args.template or DETECTION_TEMPLATES), mode=args.mode, batch_size=args.batch_size,
         with_masks=not args.no_masks, shard_size=args.shard_size)
-    tag = f"{args.model}|{args.checkpoint}|{args.text_features}"
+    from alphaclip_core.precision import precision_of
+
+    # the precision changes the scores: a resumed run must not mix shards of two precisions
+    tag = f"{args.model}|{args.checkpoint}|{args.text_features}|{precision_of(model)}"
     path = run(model, tokenizer, args.dataset, args.image_root, args.out_dir, candidates=args.candidates,
                config=config, text_features=text_features, tag=tag, progress=not args.no_progress,
                overlays=args.overlays, restart=args.restart, num_workers=args.workers)

@@ -63,7 +63,9 @@ def add_alphaclip_config(cfg: CN) -> CN:
         BATCH_SIZE: regions per Alpha-CLIP forward pass.
         MAX_REGIONS: (pre-NMS heads) rescore only each image's top-N proposals by detector score
             (0 = all); the others keep the detector's probabilities.
-        PRECISION: ``fp32``, ``fp16`` or ``bf16`` for the Alpha-CLIP model.
+        PRECISION: ``auto`` (default: measured for ``MODEL.DEVICE``: fp16 on CUDA, bf16 on a CPU with
+            native bf16, else fp32; see ``alphaclip info --system``), ``fp32``, ``fp16`` or ``bf16``
+            for the Alpha-CLIP model (its image tower; the text tower as ``TEXT_PRECISION`` says).
     """
     cfg.MODEL.ALPHA_CLIP = CN()
     c = cfg.MODEL.ALPHA_CLIP
@@ -81,7 +83,7 @@ def add_alphaclip_config(cfg: CN) -> CN:
     c.MODE = "pad"
     c.BATCH_SIZE = 64
     c.MAX_REGIONS = 300
-    c.PRECISION = "fp32"
+    c.PRECISION = "auto"
     for old, new in _RENAMED.items():
         if not cfg.key_is_renamed(old):
             cfg.register_renamed_key(old, new, _RENAMED_NOTE)

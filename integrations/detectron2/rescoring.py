@@ -14,6 +14,7 @@ from detectron2.modeling.roi_heads.cascade_rcnn import CascadeROIHeads  # noqa: 
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import ImageList, Instances
 
+from alphaclip_core.precision import PRECISIONS, apply_precision
 from alphaclip_core.region_classifier import (DETECTION_TEMPLATES, AlphaCLIPRegionClassifier, embedding_dim,
                                               load_text_classifier, read_vocabulary)
 
@@ -39,16 +40,22 @@ def _load_alpha_clip(cfg: CN):
         raise FileNotFoundError(f"MODEL.ALPHA_CLIP.CHECKPOINT: no such file: {c.CHECKPOINT}")
     if c.BASE and not Path(c.BASE).is_file():
         raise FileNotFoundError(f"MODEL.ALPHA_CLIP.BASE: no such file: {c.BASE}")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(c.PRECISION)
-    if dtype is None:
-        raise ValueError(f"MODEL.ALPHA_CLIP.PRECISION: expected fp32, fp16 or bf16, got {c.PRECISION!r}")
-    args = argparse.Namespace(model=c.ARCH, checkpoint=c.CHECKPOINT or None, base=c.BASE or None, device="cpu")
+    if c.PRECISION not in PRECISIONS:
+        raise ValueError(f"MODEL.ALPHA_CLIP.PRECISION: expected auto, fp32, fp16 or bf16, got {c.PRECISION!r}")
+    args = argparse.Namespace(model=c.ARCH, checkpoint=c.CHECKPOINT or None, base=c.BASE or None, device="cpu",
+                              precision="fp32")
     try:
         model, tokenizer = load_model(args)
     except Exception as e:  # open_clip / checkpoint errors: say which keys to look at
         raise ValueError(f"MODEL.ALPHA_CLIP.CHECKPOINT: could not load {c.CHECKPOINT!r} as MODEL.ALPHA_CLIP.ARCH "
                          f"{c.ARCH!r} (BASE {c.BASE!r}): {e}") from e
-    return model.to(dtype=dtype).eval(), tokenizer
+    # the model moves to the detector's device at its first batch: resolve `auto` for that device
+    device = str(getattr(cfg.MODEL, "DEVICE", "cpu") or "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        device = "cpu"
+    choice = apply_precision(model, c.PRECISION, device)
+    logger.info("Alpha-CLIP precision: %s", choice)
+    return model.eval(), tokenizer
 
 
 # ------------------------------------------------------------------------------------------------ classes

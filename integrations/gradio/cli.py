@@ -86,6 +86,9 @@ def build_engine(args: argparse.Namespace):
         from alphaclip_train.synthetic import load_tiny
 
         model, tokenizer = load_tiny(args.device)
+        from alphaclip_core.precision import apply_precision
+
+        logger.info("precision: %s", apply_precision(model, args.precision, args.device))
         name, templates = TOY_NAME, ["a {}."]
     else:
         args.model = args.model or "alpha-ViT-B-16"

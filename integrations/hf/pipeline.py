@@ -5,6 +5,12 @@ masks=..., boxes=...)`` returns one ranked list per region (regions in the order
 polygons, RLEs; none = the whole image): ``[[{"label": ..., "score": ...}, ...], ...]``, scores a
 softmax over the labels of ``logit_scale * cosine``. The cosines come from
 :func:`alphaclip_core.score_regions` (the image prepared once, regions in batches).
+
+Precision: ``pipeline(..., precision="auto" | "fp32" | "bf16" | "fp16")`` puts the vision tower in
+that precision (``auto``: measured, see :mod:`alphaclip_core.precision`; the text tower as
+:data:`~alphaclip_core.precision.TEXT_PRECISION` says). Without ``precision``, a model loaded in
+float32 (transformers' default) gets ``auto``; a model loaded in another dtype (``dtype=...``) is
+left as the caller loaded it.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from torch import nn
 from transformers import Pipeline
 from transformers.image_utils import load_image
 
+from alphaclip_core.precision import Precision, apply_precision
 from alphaclip_core.regions import score_regions
 
 __all__ = ["ZeroShotRegionClassificationPipeline", "HFAlphaCLIPAdapter", "TASK"]
@@ -59,6 +66,17 @@ class ZeroShotRegionClassificationPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = True
 
+    def __init__(self, *args: Any, precision: Optional[str] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: the :class:`~alphaclip_core.precision.Precision` applied (None: the model's dtype as loaded)
+        self.precision: Optional[Precision] = None
+        if precision is None and self.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.float32:
+            precision = "auto"
+        if precision is not None:
+            self.precision = apply_precision(self.model, precision, self.device,
+                                             vision=[self.model.vision_model,
+                                                     getattr(self.model, "visual_projection", None)])
+
     def _sanitize_parameters(self, **kwargs: Any):
         pre: Dict[str, Any] = {}
         for key in ("candidate_labels", "hypothesis_template", "masks", "boxes", "polygons", "rles", "mode",
@@ -89,7 +107,7 @@ class ZeroShotRegionClassificationPipeline(Pipeline):
                 "input_ids": text_inputs["input_ids"], "attention_mask": text_inputs["attention_mask"],
                 "candidate_labels": candidate_labels}
 
-    def _forward(self, model_inputs: Dict[str, Any], region_batch_size: int = 32) -> Dict[str, Any]:
+    def _forward(self, model_inputs: Dict[str, Any], region_batch_size: Optional[int] = None) -> Dict[str, Any]:
         adapter = HFAlphaCLIPAdapter(self.model)
         text = adapter.encode_text(model_inputs["input_ids"], normalize=True,
                                    attention_mask=model_inputs["attention_mask"]).float()

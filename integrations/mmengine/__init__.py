@@ -29,6 +29,7 @@ import alphaclip_integrations.open_clip  # noqa: F401  (registers the alpha-ViT-
 from alphaclip_core.checkpoints import (CheckpointError, detect_format, load_state_dict_checked, read_state_dict,
                                         reference_to_open_clip)
 from alphaclip_core.model import AlphaVisionTransformer
+from alphaclip_core.precision import apply_precision
 
 __all__ = ["AlphaCLIPViT", "visual_state_dict"]
 
@@ -66,12 +67,17 @@ class AlphaCLIPViT(BaseModule):
         frozen_stages: ``-1`` trains everything; ``0`` freezes the patch embedding (``conv1``,
             ``conv1_alpha``, class/positional embeddings, ``ln_pre``); ``i > 0`` also blocks ``0..i-1``;
             ``num_layers`` or more freezes the whole tower (``ln_post`` and ``proj`` too).
+        precision: the tower's weights: ``fp32`` (default: an mm* backbone usually trains, and
+            mmengine's ``AmpOptimWrapper`` does mixed precision), ``auto`` (measured for the device the
+            runner will use: CUDA when available, else this CPU; see ``alphaclip info --system``),
+            ``bf16`` or ``fp16``. Outputs come back in the input's dtype whatever the precision.
         init_cfg: mmengine's init config.
     """
 
     def __init__(self, arch: Union[str, Dict[str, Any]] = "alpha-ViT-B-16", checkpoint: Optional[str] = None,
                  out_type: str = "featmap", out_indices: Union[int, Sequence[int]] = -1, final_norm: bool = False,
-                 frozen_stages: int = -1, init_cfg: Optional[Dict[str, Any]] = None) -> None:
+                 frozen_stages: int = -1, precision: str = "fp32", init_cfg: Optional[Dict[str, Any]] = None
+                 ) -> None:
         super().__init__(init_cfg=init_cfg)
         if out_type not in OUT_TYPES:
             raise ValueError(f"out_type: expected one of {OUT_TYPES}, got {out_type!r}")
@@ -99,6 +105,8 @@ class AlphaCLIPViT(BaseModule):
             sd = visual_state_dict(read_state_dict(os.fspath(checkpoint), "checkpoint"), f"checkpoint {checkpoint}")
             missing_ok = () if "conv1_alpha.weight" in sd else ("conv1_alpha.weight",)
             load_state_dict_checked(self.visual, sd, f"checkpoint {checkpoint}", allow_missing=missing_ok)
+        #: the resolved :class:`~alphaclip_core.precision.Precision` of the tower
+        self.precision = apply_precision(self.visual, precision, "cuda" if torch.cuda.is_available() else "cpu")
         self._freeze()
 
     def init_weights(self) -> None:
@@ -141,12 +149,14 @@ class AlphaCLIPViT(BaseModule):
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"x: expected [B, 3, H, W] images, got {list(x.shape)}")
         if tuple(x.shape[-2:]) != tuple(v.image_size):
-            return self._forward_any_size(x, alpha)
-        if self.out_type == "embedding":
-            return (v(x, alpha),)
-        out = v.forward_intermediates(x, alpha, indices=self.out_indices, intermediates_only=True,
-                                      normalize_intermediates=self.final_norm, output_fmt="NCHW")
-        return tuple(out["image_intermediates"])
+            out = self._forward_any_size(x, alpha)
+        elif self.out_type == "embedding":
+            out = (v(x, alpha),)
+        else:
+            out = tuple(v.forward_intermediates(x, alpha, indices=self.out_indices, intermediates_only=True,
+                                                normalize_intermediates=self.final_norm,
+                                                output_fmt="NCHW")["image_intermediates"])
+        return tuple(t.to(x.dtype) for t in out) if x.is_floating_point() else out
 
     def positional_embedding(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """``[1 + grid_h * grid_w, width]``: the class position + the patch grid resized (bicubic) to

@@ -22,19 +22,24 @@ __all__ = ["register", "imagenet_s_main", "rec_main", "load_plain"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def load_plain(model_name: str, base: str, device: str = "cpu"):
+def load_plain(model_name: str, base: str, device: str = "cpu", precision: str = "fp32"):
     """The plain CLIP of ``model_name``'s architecture from OpenAI/open_clip weights ``base``.
 
     Built as the alpha architecture with ``conv1_alpha`` left at zero, which computes exactly what the
-    plain CLIP computes; call ``encode_image(pixels)`` without alpha.
+    plain CLIP computes; call ``encode_image(pixels)`` without alpha. ``precision``: as ``--precision``
+    (``alphaclip_core.precision.apply_precision``).
     """
+    from alphaclip_core.precision import apply_precision
+
     import alphaclip_integrations.open_clip as aoc
     from alphaclip_core.checkpoints import load_state_dict_checked, read_state_dict
 
     model, _ = aoc.build(model_name)
     load_state_dict_checked(model, read_state_dict(base, "plain base"), f"plain base {base}",
                             allow_missing=("visual.conv1_alpha.weight",))
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    apply_precision(model, precision, device)
+    return model
 
 
 def _slug(*parts: Any) -> str:
@@ -169,7 +174,7 @@ def run_imagenet_s(args: argparse.Namespace) -> int:
         alpha_model, tokenizer = load_model(args)
         classifier = text_classifier(alpha_model, tokenizer, names, templates)
     if args.plain_base:
-        plain = load_plain(args.model, args.plain_base, args.device)
+        plain = load_plain(args.model, args.plain_base, args.device, args.precision)
         if alpha_model is not None and module_digest(plain, "visual.") == module_digest(alpha_model, "visual."):
             plain_classifier = classifier    # the same text tower (Alpha-CLIP keeps its base's): embed once
         else:
@@ -229,16 +234,18 @@ def add_rec_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
 
 
-def _ensemble_member(spec: str, device: str):
+def _ensemble_member(spec: str, device: str, precision: str = "fp32"):
     import open_clip
 
     import alphaclip_integrations.open_clip as aoc
+    from alphaclip_core.precision import apply_precision
 
     if "=" not in spec:
         raise SystemExit(f"error: --ensemble expects MODEL=CHECKPOINT[,BASE], got {spec!r}")
     name, files = spec.split("=", 1)
     ckpt, _, base = files.partition(",")
     model, _ = aoc.load(name, ckpt, base or None, device=device)
+    apply_precision(model, precision, device)
     return model.eval(), open_clip.get_tokenizer(name)
 
 
@@ -248,7 +255,7 @@ def run_rec(args: argparse.Namespace) -> int:
 
     from .resume import file_digest
 
-    models = [load_model(args)] + [_ensemble_member(s, args.device) for s in args.ensemble]
+    models = [load_model(args)] + [_ensemble_member(s, args.device, args.precision) for s in args.ensemble]
     mask_fn = None
     if args.sam_checkpoint:
         from .. import sam as sam_lib
