@@ -226,3 +226,54 @@ def test_ddp_ranks_skip_empty_steps_together(world, tmp_path):
     assert r0["result"]["samples"] == r1["result"]["samples"] > 0
     assert r0["error"] == r1["error"] and r0["error"].startswith("data: 1 batch in a row")
     assert "image bytes do not decode" in r0["error"]  # the corrupt rank's problems, named on both ranks
+
+
+def test_a_resume_follows_this_runs_schedule_from_its_first_step(caplog):
+    """Resuming with another --steps / --lr: the first resumed step uses THIS run's schedule (it used to
+    take the lr the saved run's schedule had set, 0 at the end of a finished cosine); an unchanged command
+    line resumes with exactly the saved values."""
+    import math
+
+    from alphaclip_train.loop import _follow_this_schedule, lr_lambda
+
+    def make(lr, steps, wd=0.1):
+        net = torch.nn.Linear(3, 2)
+        opt = torch.optim.AdamW([{"params": [net.weight], "lr": lr}, {"params": [net.bias], "lr": lr * 0.01}],
+                                weight_decay=wd)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(1, steps))
+
+    opt, sched = make(1e-3, 4)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # a finished cosine: lr 0 for a 5th step
+    saved_opt, saved_sched = opt.state_dict(), sched.state_dict()
+
+    def resume(lr, steps, wd=0.1):
+        opt, sched = make(lr, steps, wd)
+        fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        base = list(sched.base_lrs)
+        opt.load_state_dict(saved_opt)
+        sched.load_state_dict(saved_sched)
+        _follow_this_schedule(opt, sched, fresh, base)
+        return opt, sched
+
+    caplog.clear()
+    same, _ = resume(1e-3, 4)
+    assert [g["lr"] for g in same.param_groups] == [g["lr"] for g in saved_opt["param_groups"]]
+    assert not [r for r in caplog.records if "resume:" in r.getMessage()]
+
+    longer, sched = resume(2e-3, 8, wd=0.2)
+    f = lr_lambda(1, 8)(4)
+    assert 0.5 < f < 1 and math.isclose(longer.param_groups[0]["lr"], 2e-3 * f, rel_tol=1e-12)
+    assert math.isclose(longer.param_groups[1]["lr"], 2e-5 * f, rel_tol=1e-12)
+    assert [g["weight_decay"] for g in longer.param_groups] == [0.2, 0.2]
+    sched.step()  # the schedule goes on from there
+    assert math.isclose(longer.param_groups[0]["lr"], 2e-3 * lr_lambda(1, 8)(5), rel_tol=1e-12)
+    msgs = [r.getMessage() for r in caplog.records if "resume:" in r.getMessage()]
+    assert msgs and "lr" in msgs[-1] and "weight_decay" in msgs[-1] and "from step 5 on" in msgs[-1], msgs
+
+    caplog.clear()
+    resume(1e-3, 8)
+    msgs = [r.getMessage() for r in caplog.records if "resume:" in r.getMessage()]
+    assert msgs and "the schedule (--steps" in msgs[-1], msgs

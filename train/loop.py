@@ -698,6 +698,9 @@ def _restore(latest: Path, state: Dict[str, Any], model: AlphaCLIP, opt, sched, 
     except CheckpointError as e:
         raise CheckpointError(f"{str(e).rstrip('.')}. It was written by a run of another model or architecture"
                               f"{_RESUME_HINT}") from None
+    # this run's hyper-parameters (from its command line): the optimizer's state dict brings the saved run's
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    base_lrs = list(sched.base_lrs)
     try:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -708,6 +711,33 @@ def _restore(latest: Path, state: Dict[str, Any], model: AlphaCLIP, opt, sched, 
         raise CheckpointError(f"resume: {latest}: its optimizer/scheduler state does not fit this run (another "
                               f"--stage, --freeze or --unfreeze-last?): {str(e).splitlines()[0] if str(e) else e!r}"
                               f"{_RESUME_HINT}") from None
+    _follow_this_schedule(opt, sched, fresh, base_lrs)
+
+
+def _follow_this_schedule(opt, sched, fresh: List[Dict[str, Any]], base_lrs: List[float]) -> None:
+    """After a resume, go on with THIS run's learning rates, weight decay and schedule (--lr, --lr-ratio,
+    --warmup, --steps, --min-lr-ratio, --weight-decay) from the saved step, instead of the saved run's.
+
+    The optimizer's state dict carries the saved run's hyper-parameters, including the lr its schedule
+    had set for the next step, which the first resumed step would otherwise use. For an unchanged
+    command line every value is recomputed by the same expression, so a resume stays bit-exact.
+    """
+    changed = sorted({k for g, f in zip(opt.param_groups, fresh) for k, v in f.items()
+                      if k not in ("lr", "initial_lr") and g.get(k) != v}
+                     | ({"lr"} if list(sched.base_lrs) != base_lrs else set()))
+    for group, f, base in zip(opt.param_groups, fresh, base_lrs):
+        group.update({k: v for k, v in f.items() if k != "lr"})
+        group["initial_lr"] = base
+    sched.base_lrs = base_lrs
+    saved_next = [group["lr"] for group in opt.param_groups]
+    for group, base, factor in zip(opt.param_groups, base_lrs, sched.lr_lambdas):
+        group["lr"] = base * factor(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in opt.param_groups]
+    if "lr" not in changed and sched._last_lr != saved_next:
+        changed.append("the schedule (--steps, --warmup or --min-lr-ratio)")
+    if changed:
+        logger.warning("resume: %s differ from the saved run's; this run's values apply from step %d on",
+                       ", ".join(changed), sched.last_epoch + 1)
 
 
 def _save_final(model: AlphaCLIP, folder: Path) -> Dict[str, str]:
