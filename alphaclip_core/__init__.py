@@ -1,11 +1,13 @@
 """alphaclip_core: Alpha-CLIP, framework-neutral.
 
-The alpha vision tower and model (:mod:`.model`), alpha maps and regions as masks (:mod:`.alpha`),
-the paired image+alpha transform (:mod:`.transform`), the COCO RLE codec (:mod:`.rle`), image files
-(:mod:`.images`), weight formats and key maps (:mod:`.checkpoints`), reading weights safely
-(:mod:`.safe_load`, :mod:`.torchscript`), atomic writes (:mod:`.atomic`), region tasks
-(:mod:`.regions`), overlay pictures (:mod:`.viz`) and the errors the package raises on purpose
-(:mod:`.errors`).
+The alpha vision towers (:mod:`.towers`) and whole models (:mod:`.model`), alpha maps and regions as
+masks (:mod:`.alpha`), the paired image+alpha transform (:mod:`.transform`), the COCO RLE codec
+(:mod:`.rle`), image files (:mod:`.images`), weight formats and key maps (:mod:`.checkpoints`), reading
+weights safely (:mod:`.safe_load`, :mod:`.torchscript`), atomic writes (:mod:`.atomic`), region tasks
+(:mod:`.regions`), region classification (:mod:`.region_classifier`, with box geometry in :mod:`.boxes`
+and vocabularies and text-classifier files in :mod:`.vocabulary`), weights' precision (:mod:`.precision`,
+:mod:`.system`), overlay pictures (:mod:`.viz`), the errors the package raises on purpose
+(:mod:`.errors`) and the ``alphaclip`` command (:mod:`.cli`, its shared model options in :mod:`.options`).
 """
 from .alpha import (ALPHA_MEAN, ALPHA_STD, PairedTransform, boxes_to_masks, normalize_alpha, open_image,
                     polygons_to_masks, prepare, region_masks, rle_decode, rle_encode, rle_to_masks, to_masks,

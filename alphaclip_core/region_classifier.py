@@ -23,26 +23,22 @@ Choices (the paper is silent on them; ViLD and Detic are the models):
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .alpha import _image_to_tensor, boxes_to_masks, prepare, to_masks
-from .checkpoints import atomic_write
+# box geometry and vocabulary files lived here before the core was split (issue 16): they still import from here
+from .boxes import _mask_boxes, _snap_thin_boxes, box_iou, expand_boxes, snap_boxes
 from .regions import preprocess_params, region_batch_size, score_regions, text_classifier
+from .vocabulary import category_name, embedding_dim, load_text_classifier, read_vocabulary, save_text_classifier
 
 __all__ = ["DETECTION_TEMPLATES", "RegionLogits", "AlphaCLIPRegionClassifier", "geometric_ensemble",
            "box_iou", "expand_boxes", "snap_boxes", "category_name", "read_vocabulary", "save_text_classifier",
            "load_text_classifier", "embedding_dim"]
-
-logger = logging.getLogger(__name__)
 
 #: prompt ensemble for object classes (a subset of CLIP's ImageNet templates, as ViLD/Detic use).
 DETECTION_TEMPLATES = (
@@ -87,209 +83,6 @@ def geometric_ensemble(detector_probs: torch.Tensor, clip_probs: torch.Tensor,
     det = detector_probs.float().clamp(0, 1)
     clip = clip_probs.float().clamp(0, 1)
     return torch.exp((1 - w) * torch.log(det + eps) + w * torch.log(clip + eps)).clamp(0, 1)
-
-
-def expand_boxes(boxes: torch.Tensor, ratio: float, height: int, width: int, min_size: float = 0.0
-                 ) -> torch.Tensor:
-    """Scale xyxy boxes about their centres by ``ratio`` and clip them to the image.
-
-    Args:
-        boxes: ``[K, 4]`` xyxy pixels.
-        ratio: >= 1 (1 = unchanged before clipping).
-        min_size: each side is at least this many pixels after scaling (before clipping).
-    Returns:
-        ``[K, 4]`` float xyxy boxes inside ``[0, width] x [0, height]``.
-    """
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes: expected [K, 4] xyxy pixels, got {list(boxes.shape)}")
-    if not ratio >= 1.0:
-        raise ValueError(f"ratio: expected a context expansion ratio >= 1, got {ratio}")
-    b = boxes.float()
-    c = (b[:, :2] + b[:, 2:]) / 2
-    half = ((b[:, 2:] - b[:, :2]) * ratio).clamp(min=min_size) / 2
-    lo = torch.stack([(c[:, 0] - half[:, 0]).clamp(0, width), (c[:, 1] - half[:, 1]).clamp(0, height)], 1)
-    hi = torch.stack([(c[:, 0] + half[:, 0]).clamp(0, width), (c[:, 1] + half[:, 1]).clamp(0, height)], 1)
-    return torch.cat([lo, hi], dim=1)
-
-
-def box_iou(a: Any, b: Any) -> np.ndarray:
-    """IoU of xyxy boxes: ``a`` [N, 4], ``b`` [M, 4] (arrays, tensors or lists) -> [N, M] float64 in [0, 1].
-
-    Degenerate boxes have zero area; a pair with zero union has IoU 0.
-    """
-    a = np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def snap_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Round xyxy boxes outwards to whole pixels inside the image, at least 1 pixel wide and high.
-
-    Detector proposals can be thinner than a pixel (and rasterise to an empty alpha); snapped boxes
-    always cover at least one pixel centre. ``[K, 4]`` float -> ``[K, 4]`` float.
-    """
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes: expected [K, 4] xyxy pixels, got {list(boxes.shape)}")
-    if height < 1 or width < 1:
-        raise ValueError(f"height / width: expected a non-empty image, got {height}x{width}")
-    b = boxes.float()
-    x0 = b[:, 0].floor().clamp(0, width - 1)
-    y0 = b[:, 1].floor().clamp(0, height - 1)
-    x1 = torch.maximum(b[:, 2].ceil().clamp(0, width), x0 + 1)
-    y1 = torch.maximum(b[:, 3].ceil().clamp(0, height), y0 + 1)
-    return torch.stack([x0, y0, x1, y1], dim=1)
-
-
-def category_name(category: Dict[str, Any]) -> str:
-    """The class name of a COCO/LVIS category dict: its ``name`` with underscores as spaces.
-
-    This follows Detic, whose LVIS classifier files and LVIS metadata are built from ``name``
-    (``bull``, ``aerosol_can``), not from ``synonyms[0]`` (which would turn "bull" into "horned cow");
-    underscores become spaces so that CLIP's tokenizer reads words (Detic's ``--fix_space``).
-    """
-    if not isinstance(category, dict) or "name" not in category:
-        raise ValueError(f"category: expected a COCO/LVIS category dict with a 'name', got {category!r}")
-    return str(category["name"]).replace("_", " ").strip()
-
-
-def read_vocabulary(vocabulary: Union[str, os.PathLike, Sequence[str]], arg: str = "vocabulary") -> List[str]:
-    """Class names, in class order, from one of:
-
-    - a sequence of names;
-    - a ``.txt`` file, one name a line (blank lines skipped);
-    - a ``.json`` file: a list of names, or a COCO/LVIS annotation file whose ``categories`` sorted by
-      ``id`` give the names (:func:`category_name`);
-    - a comma-separated string ``"cat,dog,bird"``.
-
-    ``arg`` names the argument (or config key) in error messages.
-    """
-    if isinstance(vocabulary, os.PathLike) or (isinstance(vocabulary, str)
-                                               and vocabulary.endswith((".txt", ".json"))):
-        path = Path(vocabulary)
-        if not path.is_file():
-            raise FileNotFoundError(f"{arg}: no such file: {path}")
-        if path.suffix == ".json":
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{arg}: {path} is not valid JSON: {e}") from None
-            if isinstance(data, dict):
-                if not isinstance(data.get("categories"), list):
-                    raise ValueError(f"{arg}: {path} is neither a list of names nor a COCO/LVIS file with "
-                                     "'categories'")
-                names = [category_name(c) for c in sorted(data["categories"], key=lambda c: c["id"])]
-            elif isinstance(data, list):
-                names = [str(v).strip() for v in data]
-            else:
-                raise ValueError(f"{arg}: {path} must hold a list of names or a COCO/LVIS object")
-        else:
-            names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    elif isinstance(vocabulary, str):
-        names = [v.strip() for v in vocabulary.split(",") if v.strip()]
-    else:
-        names = [str(v).strip() for v in vocabulary]
-    if not names or not all(names):
-        raise ValueError(f"{arg}: expected a non-empty list of non-empty class names")
-    return names
-
-
-def embedding_dim(model: torch.nn.Module) -> Optional[int]:
-    """The joint image-text embedding size ``D`` of a CLIP-like model (``model.visual.output_dim``), or
-    ``None`` when the model does not say."""
-    dim = getattr(getattr(model, "visual", None), "output_dim", None)
-    return int(dim) if isinstance(dim, int) else None
-
-
-def _sidecar(path: Union[str, os.PathLike]) -> Path:
-    return Path(str(path) + ".json")
-
-
-def save_text_classifier(path: Union[str, os.PathLike], weights: torch.Tensor,
-                         vocabulary: Optional[Sequence[str]] = None, **info: Any) -> str:
-    """Write ``[C, D]`` class embeddings as a float32 ``.npy`` (row c = class c), atomically.
-
-    The ``.npy`` has the layout Detic's ``MODEL.ROI_BOX_HEAD.ZEROSHOT_WEIGHT_PATH`` reads (``np.load`` ->
-    ``[C, D]``). With ``vocabulary`` (and any JSON-able ``info``, e.g. ``model=``, ``templates=``) a
-    sidecar ``<path>.json`` records what the rows are, so that :func:`load_text_classifier` can check
-    the file against the vocabulary it is used with.
-    """
-    if weights.dim() != 2:
-        raise ValueError(f"weights: expected [C, D] (one row per class), got {list(weights.shape)}")
-    if vocabulary is not None and len(vocabulary) != weights.shape[0]:
-        raise ValueError(f"vocabulary: {len(vocabulary)} names for {weights.shape[0]} rows of weights")
-    array = weights.detach().float().cpu().numpy()
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-
-    out = str(atomic_write(path, write))
-    if vocabulary is not None:
-        meta = {"format": "alphaclip-text-classifier", "shape": list(array.shape),
-                "vocabulary": [str(v) for v in vocabulary], **info}
-        atomic_write(_sidecar(path), lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
-    elif _sidecar(path).is_file():
-        _sidecar(path).unlink()  # it described the file just replaced
-    return out
-
-
-def load_text_classifier(path: Union[str, os.PathLike], vocabulary: Optional[Sequence[str]] = None,
-                         dim: Optional[int] = None, model_name: Optional[str] = None,
-                         arg: str = "path") -> torch.Tensor:
-    """Read ``[C, D]`` class embeddings written by :func:`save_text_classifier` (or any float ``.npy``),
-    checking them before they meet an image feature.
-
-    Args:
-        vocabulary: the class names the rows must be, in order: ``C`` must match, and so must the names
-            recorded in the sidecar ``<path>.json`` when there is one.
-        dim: the model's embedding size ``D`` (:func:`embedding_dim`).
-        model_name: the model in use; an error if the sidecar records another one.
-        arg: the argument / config key named in errors.
-    Returns:
-        ``[C, D]`` float32 rows as stored (the classifier normalises them).
-
-    Without a sidecar the rows cannot be traced to a model: a warning says so (Detic's own
-    ``*_clip_a+cname.npy`` files, for one, are CLIP ViT-B/32 "a {}" embeddings, not Alpha-CLIP's).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{arg}: no such file: {path}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        raise ValueError(f"{arg}: {path} is not a plain numeric .npy array ({e})") from None
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{arg}: expected a float [C, D] array (one row per class), got {array.dtype} "
-                         f"of shape {list(array.shape)} in {path}")
-    if vocabulary is not None and array.shape[0] != len(vocabulary):
-        raise ValueError(f"{arg}: {path} has {array.shape[0]} rows but the vocabulary has {len(vocabulary)} "
-                         "classes (one row per class, in order)")
-    if dim is not None and array.shape[1] != dim:
-        raise ValueError(f"{arg}: {path} has {array.shape[1]}-d rows but the model's embedding size is {dim} "
-                         "(dump the embeddings with the same Alpha-CLIP model)")
-    side = _sidecar(path)
-    if side.is_file():
-        meta = json.loads(side.read_text())
-        names = meta.get("vocabulary")
-        if vocabulary is not None and names is not None and list(names) != list(vocabulary):
-            names, wanted = list(names), list(vocabulary)
-            i = next((i for i, (a, b) in enumerate(zip(names, wanted)) if a != b), min(len(names), len(wanted)))
-            raise ValueError(f"{arg}: {path} was written for another vocabulary (class {i}: "
-                             f"{names[i] if i < len(names) else None!r} in the file, "
-                             f"{wanted[i] if i < len(wanted) else None!r} in use)")
-        if model_name and meta.get("model") and meta["model"] != model_name:
-            raise ValueError(f"{arg}: {path} holds {meta['model']} text embeddings, but the model in use is "
-                             f"{model_name}")
-    else:
-        logger.warning("%s: %s has no sidecar %s, so its rows cannot be checked against the vocabulary or the "
-                       "model (Detic's *_clip_a+cname.npy files are CLIP ViT-B/32 embeddings: they do not fit "
-                       "Alpha-CLIP)", arg, path, side.name)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
 @dataclass
@@ -498,32 +291,3 @@ class AlphaCLIPRegionClassifier:
             raise ValueError(f"detector_probs: expected [K={clip_probs.shape[0]}, C={self.num_classes}], "
                              f"got {list(detector_probs.shape)}")
         return geometric_ensemble(detector_probs.detach().float().cpu(), clip_probs, self.ensemble_weight)
-
-
-def _snap_thin_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Boxes that touch the image but cover no pixel centre (thinner than a pixel, zero-area, or lying
-    on the border, as raw detector proposals can) are :func:`snap_boxes`-ed to whole pixels; other
-    boxes are returned as they are (rasterised by pixel centre). Inverted, non-finite and outside boxes
-    are left for :func:`boxes_to_masks` to reject."""
-    b = boxes.float()
-    x0, y0, x1, y1 = b.unbind(1)
-    # pixels i with centre i + 0.5 in [x0, x1), inside the image: ceil(x0 - 0.5) <= i < ceil(x1 - 0.5)
-    xs_in = torch.ceil(x0 - 0.5).clamp(min=0) < torch.ceil(x1 - 0.5).clamp(max=width)
-    ys_in = torch.ceil(y0 - 0.5).clamp(min=0) < torch.ceil(y1 - 0.5).clamp(max=height)
-    touches = (x0 <= x1) & (y0 <= y1) & (x1 >= 0) & (y1 >= 0) & (x0 <= width) & (y0 <= height)
-    thin = touches & torch.isfinite(b).all(1) & ~(xs_in & ys_in)
-    if not thin.any():
-        return boxes
-    logger.debug("snapping %d box(es) thinner than a pixel to whole pixels", int(thin.sum()))
-    out = b.clone()
-    out[thin] = snap_boxes(b[thin], height, width)
-    return out
-
-
-def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight xyxy boxes ``[K, 4]`` (pixel edges) of non-empty ``[K, H, W]`` masks."""
-    out = []
-    for m in masks:
-        ys, xs = torch.nonzero(m > 0, as_tuple=True)
-        out.append(torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float())
-    return torch.stack(out)

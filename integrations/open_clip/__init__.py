@@ -100,7 +100,7 @@ def _timm_trunk_problem(timm_name: str) -> Optional[str]:
     the model built on the meta device (no memory, no download)."""
     import timm
 
-    from alphaclip_core.model import _timm_patch_embed
+    from alphaclip_core.towers import _timm_patch_embed
 
     try:
         with torch.device("meta"):
