@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fixed logit scale (stage alpha; default 100), or 'model' for the starting model's own value")
     p.add_argument("--loss", choices=("auto", "contrastive", "sigmoid"), default=d.loss,
                    help="auto (default): SigLIP's sigmoid loss for a base with a logit bias, else CLIP's InfoNCE")
+    p.add_argument("--logit-scale-lr", type=float, default=None,
+                   help="stage clip: the learned logit scale's own peak lr (default: --lr)")
     p.add_argument("--whole-image-ratio", type=float, default=d.whole_image_ratio, help="r_s")
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
@@ -97,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr, lr_ratio=args.lr_ratio,
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, loss=args.loss,
+        logit_scale_lr=args.logit_scale_lr,
         whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
         shuffle_buffer=args.shuffle_buffer, interleave=args.interleave, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
