@@ -124,17 +124,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     check_device(args.device)
     model, tokenizer = load_tiny(args.device)
     image, masks, truth, _ = demo_scene()
-    scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}."])
-    names = [f"{i + 1}: {t}" for i, t in enumerate(truth)]
+    scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}"], mode="pad")
+    best = [scores.top(i, 1)[0][0] for i in range(len(truth))]
     if args.json:
-        print(json.dumps([{"region": i + 1, "truth": t, "top": scores.top(i, args.top)}
+        print(json.dumps([{"region": i + 1, "truth": t, "correct": best[i] == t, "top": scores.top(i, args.top)}
                           for i, t in enumerate(truth)], indent=2))
     else:
-        print("toy Alpha-CLIP (synthetic world, 4 shapes x 6 colours); rows: region: ground truth")
-        print(scores.table(k=args.top, names=names))
-        hits = sum(scores.top(i, 1)[0][0] == t for i, t in enumerate(truth))
-        print(f"top-1 correct: {hits}/{len(truth)}")
-    captions = [f"{i + 1}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" for i in range(len(truth))]
+        print("toy Alpha-CLIP (synthetic world: 4 shapes x 6 colours; mask alpha); rows: region: ground truth")
+        for i, t in enumerate(truth):
+            ranked = ", ".join(f"{label} {p:.3f}" for label, p in scores.top(i, args.top))
+            print(f"{f'{i + 1}: {t}':<18} {ranked}   {'ok' if best[i] == t else 'WRONG'}")
+        wrong = [i for i, t in enumerate(truth) if best[i] != t]
+        print(f"top-1 correct: {len(truth) - len(wrong)}/{len(truth)}")
+        for i in wrong:
+            print(f"region {i + 1} is a {truth[i]}, but the toy calls it a {best[i]}")
+    captions = [f"{i + 1}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" + ("" if best[i] == t else " WRONG")
+                for i, t in enumerate(truth)]
     out = Path(args.overlay)
     scale = max(1, 512 // max(image.size))  # a small scene: draw the overlay larger so the captions fit
     big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

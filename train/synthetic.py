@@ -231,7 +231,7 @@ def _mirror(box: Sequence[int], mirror: Optional[str], size: int) -> Tuple[int, 
 
 
 def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: int = 1,
-                 twins: Optional[bool] = None, mirror: Optional[str] = None) -> Scene:
+                 twins: Optional[bool] = None, mirror: Optional[str] = None, reshape: Optional[int] = None) -> Scene:
     """Render one scene, a pure function of its arguments.
 
     Args:
@@ -245,6 +245,9 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
         mirror: None, ``"h"`` (left <-> right) or ``"v"`` (top <-> bottom): the same scene with its
             background and object positions mirrored (shapes stay upright), so its relation words
             swap; every random choice is the one made without ``mirror``.
+        reshape: the same scene with its ``reshape``-th placed object (0-based, in placement order) given
+            another shape, one that no object of its colour has; every other random choice is the one
+            made without ``reshape`` (an object that cannot change shape is left as it is).
     """
     if mirror not in (None, "h", "v"):
         raise ValueError(f"mirror: expected None, 'h' or 'v', got {mirror!r}")
@@ -253,7 +256,7 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
     if twins and max_objects < 3:
         raise ValueError(f"twins: a twin scene needs max_objects >= 3 (two twins and a reference), got {max_objects}")
     params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
-              "mirror": mirror}
+              "mirror": mirror, "reshape": reshape}
     rng = random.Random(seed)
     image, kind = _background(rng, size)
     n = rng.randint(min_objects, max_objects)
@@ -278,6 +281,11 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
     chosen = rng.sample([(c, s) for c in COLOURS for s in SHAPES], len(boxes))
     if reference is not None:
         chosen[1] = chosen[0]  # objects 0 and 1 are the twins
+    if reshape is not None and 0 <= reshape < len(chosen):
+        colour = chosen[reshape][0]
+        free = [sh for sh in SHAPES if (colour, sh) not in chosen]
+        if free:  # its own generator: the scene's draws stay the same
+            chosen[reshape] = (colour, random.Random(seed * 31 + reshape).choice(free))
     canvas = np.asarray(image).copy()
     canvas = canvas[:, ::-1] if mirror == "h" else canvas[::-1] if mirror == "v" else canvas
     canvas = np.ascontiguousarray(canvas)
@@ -329,21 +337,35 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
                  objects, caption, kind, params, relations)
 
 
-def partner_of(scene: Scene) -> Optional[Scene]:
-    """The scene mirrored along an axis that swaps a relation word of its caption (None if it has none).
+def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
+    """A hard negative of ``scene``: the same scene with one change that its caption must say, or None.
 
-    A scene and its partner are described by captions that differ only in "left of" <-> "right of"
-    (or "above" <-> "below"): in one batch they are the hard negatives from which stage 1 learns
-    what the relation words mean (:func:`write_shards` with ``partners=True``).
+    kind ``"mirror"``: mirrored along an axis that swaps a relation word of the caption ("left of"
+    <-> "right of" or "above" <-> "below"; None if the caption has no relation that a mirror
+    changes). kind ``"shape"``: one object (not a twin) with another shape (None if no object can
+    change). In one batch with ``scene`` they teach stage 1 what relation and shape words mean
+    (:func:`write_shards` with ``partners``).
     """
-    if scene.params.get("mirror"):
-        raise ValueError("scene: already a mirrored scene")
-    used = {rel for rel, twin in scene.caption_relations if not twin}  # twins swapping sides say the same
-    axes = [a for a, words in _SWAPS.items() if used & set(words)]
-    if not axes:
+    params = scene.params
+    if params.get("mirror") is not None or params.get("reshape") is not None:
+        raise ValueError("scene: already a partner (mirrored or reshaped)")
+    rng = random.Random(params["seed"])
+    if kind == "mirror":
+        used = {rel for rel, twin in scene.caption_relations if not twin}  # twins swapping sides say the same
+        axes = [a for a, words in _SWAPS.items() if used & set(words)]
+        if not axes:
+            return None
+        return render_scene(**{**params, "mirror": axes[rng.randrange(len(axes))]})
+    if kind == "shape":
+        first = 2 if scene.twins is not None else 0  # placement order: twins first
+        order = list(range(first, len(scene.objects)))
+        rng.shuffle(order)
+        for k in order:
+            edited = render_scene(**{**params, "reshape": k})
+            if edited.caption != scene.caption:
+                return edited
         return None
-    axis = axes[random.Random(scene.params["seed"]).randrange(len(axes))]
-    return render_scene(**{**scene.params, "mirror": axis})
+    raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
 
 
 def scene_record(scene: Scene, key: str) -> Dict[str, Any]:
@@ -356,28 +378,29 @@ def scene_record(scene: Scene, key: str) -> Dict[str, Any]:
             "regions": regions, "meta": meta}
 
 
-def _scenes(num_scenes: int, seed: int, size: int, partners: bool):
-    """The scenes of :func:`write_shards`, in order."""
+def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str]):
+    """The scenes of :func:`write_shards`, in order: each scene, then its partners of each kind."""
     i = k = 0
     while i < num_scenes:
         scene = render_scene(seed * 10**7 + k, size)
         k += 1
-        yield scene
-        i += 1
-        if partners and i < num_scenes:
-            partner = partner_of(scene)
-            if partner is not None:
-                yield partner
+        for s in [scene] + [partner_of(scene, kind) for kind in partners]:
+            if s is not None and i < num_scenes:
+                yield s
                 i += 1
 
 
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
-                 quality: int = 95, progress: bool = False, partners: bool = False) -> List[Path]:
+                 quality: int = 95, progress: bool = False, partners: Sequence[str] = ()) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
-    With ``partners`` each scene whose caption has a relation word is followed by its mirror
-    partner (:func:`partner_of`): read in order (no shuffle buffer), the two share a training batch.
+    ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
+    its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
+    training batch.
     """
+    if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
+            or any(p not in ("mirror", "shape") for p in partners)):
+        raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
     from tqdm import tqdm
 
     if num_scenes < 1 or per_shard < 1:
@@ -530,16 +553,17 @@ class ToyRecipe:
 
     config: Dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(TINY_CFG)))
     seed: int = 0                      #: stage-1 data: seed block ``seed``; stage 2: ``seed + 1``
-    clip_scenes: int = 40_000
+    clip_scenes: int = 60_000
     alpha_scenes: int = 40_000
+    clip_partners: Tuple[str, ...] = ("mirror", "shape")  #: hard negatives next to each stage-1 scene
     batch_size: int = 128
-    clip_steps: int = 2500
+    clip_steps: int = 2000
     clip_lr: float = 1e-3
     clip_warmup: int = 200
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
-    clip_logit_scale_lr: float = 5e-3  #: the temperature's own pace: near its cap of 100 by the end of a short run
-    alpha_steps: int = 1500
+    clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
+    alpha_steps: int = 800
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     lr_ratio: float = 0.01
     alpha_warmup: int = 100
@@ -552,9 +576,9 @@ class ToyRecipe:
     per_shard: int = 1000
 
 
-def _data(folder: Path, scenes: int, seed: int, size: int, partners: bool, per_shard: int) -> float:
+def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int) -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
-    want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": partners,
+    want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
             "per_shard": per_shard}
     done = folder / "done.json"
     if done.is_file():
@@ -593,9 +617,9 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     size = int(r.config["vision_cfg"]["image_size"])
     summary: Dict[str, Any] = {"recipe": asdict(r), "world": WORLD, "torch": torch.__version__,
                                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, True, r.per_shard)
+    summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard)
                                if "clip" in stages else 0.0)
-                              + (_data(work / "data-alpha", r.alpha_scenes, r.seed + 1, size, False, r.per_shard)
+                              + (_data(work / "data-alpha", r.alpha_scenes, r.seed + 1, size, (), r.per_shard)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
     if "clip" in stages:
@@ -610,6 +634,8 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
         summary["clip"] = {"seconds": round(time.perf_counter() - t0, 1),
                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
                            "logit_scale": _last_logged(work / "clip", "logit_scale")}
+    elif (work / "clip" / "summary.json").is_file():  # stage 1 ran before, in another call
+        summary["clip"] = json.loads((work / "clip" / "summary.json").read_text()).get("clip")
     if "alpha" in stages:
         t0, c0 = time.perf_counter(), time.process_time()
         res = train(TrainConfig(
@@ -699,7 +725,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    fields = {f: getattr(a, f) for f in asdict(d) if f not in ("config", "clip_grad_clip")}
+    fields = {f: getattr(a, f) for f in asdict(d) if f not in ("config", "clip_grad_clip", "clip_partners")}
     recipe = ToyRecipe(config=json.loads(json.dumps(TINY_CFG if a.config == "tiny" else MICRO_CFG)), **fields)
     print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress), indent=2))
     return 0

@@ -29,7 +29,7 @@ from alphaclip_core.regions import preprocess_params, score_regions, text_classi
 from .eval.baselines import baseline_view, crop_region, mask_bbox
 from .synthetic import LABELS, Referral, Scene, label_of, render_scene
 
-__all__ = ["BASELINES", "ALPHA_INPUTS", "TEMPLATES", "SEED_BLOCK", "held_out_scenes", "single_object_scenes",
+__all__ = ["BASELINES", "ALPHA_INPUTS", "TEMPLATES", "SEED_BLOCK", "held_out_scenes", "single_object_scenes", "partner_top1",
            "region_top1", "rec_top1", "retrieval", "zero_shot"]
 
 #: plain-CLIP ways of showing one region (the paper's baselines), by the names the results use
@@ -164,3 +164,29 @@ def retrieval(model, tokenizer: Callable, scenes: Sequence[Scene], batch_size: i
 def zero_shot(model, tokenizer: Callable, scenes: Sequence[Scene]) -> float:
     """Top-1 accuracy (%) over the 24 labels of single-object scenes, from the whole image."""
     return region_top1(model, tokenizer, scenes, ["whole image"])["whole image"]
+
+
+@torch.no_grad()
+def partner_top1(model, tokenizer: Callable, scenes: Sequence[Scene], kind: str) -> Tuple[float, int]:
+    """Does the whole image match its own caption better than its partner's (:func:`partner_of`)?
+
+    ``kind`` ``"mirror"``: the partner caption swaps a relation word; ``"shape"``: it changes one
+    object's shape. Returns ``(accuracy %, pairs scored)``; chance is 50%. Scenes without a partner of
+    that kind are skipped.
+    """
+    from .synthetic import partner_of
+
+    p = preprocess_params(model)
+    device = next(model.parameters()).device
+    hits = n = 0
+    for s in scenes:
+        other = partner_of(s, kind)
+        if other is None:
+            continue
+        pix = prepare(s.image, mode="pad", **p)[0].to(device)
+        img = model.encode_image(pix, None, normalize=True).float()
+        txt = model.encode_text(tokenizer([s.caption, other.caption]).to(device), normalize=True).float()
+        sim = (img @ txt.T)[0]
+        hits += int(sim[0] > sim[1])
+        n += 1
+    return 100.0 * hits / max(1, n), n
