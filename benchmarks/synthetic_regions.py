@@ -8,7 +8,8 @@ Scores the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) a
   background blurred, red circle);
 * the toy referring-expression suite (twins told apart only by context);
 * whole-scene retrieval R@1 (base vs Alpha-CLIP with whole-image alpha) and single-object zero-shot;
-* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask-alpha top-1, REC and retrieval.
+* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask-alpha top-1, REC and retrieval;
+* the demo scene (what ``alphaclip demo`` prints), and every target of issue 19 with met / not met.
 
     python benchmarks/synthetic_regions.py                       # the shipped model, a few minutes
     python benchmarks/synthetic_regions.py --folder WORK/export  # another toy (see install_assets)
@@ -29,27 +30,73 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
 from alphaclip_train.synthetic import ASSETS, LABELS, load_tiny, load_tiny_base, rec_suite  # noqa: E402
-from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, held_out_scenes, rec_top1, region_top1,  # noqa: E402
-                                      retrieval, single_object_scenes, zero_shot)
+from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, rec_top1,  # noqa: E402
+                                      region_top1, retrieval, single_object_scenes, zero_shot)
 
 RESULTS = Path(__file__).parent / "results"
 REC_BASELINES = ["crop", "crop + margin", "background masked", "background blurred", "red circle"]
 
-#: the paper's numbers each row is read against (SPEC.md)
+#: the paper's numbers each row is read against (SPEC.md), and the claim each checks
+CLAIMS = {
+    "region": "Alpha-CLIP focuses on the region it is given, better than cropping, masking, blurring or circling it",
+    "rec": "alpha keeps the context that crops and masks throw away (referring expressions)",
+    "retrieval": "whole-image ability is kept (r_s = 0.1 mixes whole images with all-ones alpha into stage 2)",
+    "rs": "r_s trades the two: 0 loses whole-image ability, 1.0 loses region accuracy",
+}
 PAPER = {
     "region": "ImageNet-S top-1, L/14: CLIP 73.48 (whole image); Alpha-CLIP mask 77.41, box 75.62, whole image 73.37; "
               "Red Circle 73.37; MaskAdaptedCLIP 63.50",
     "rec": "RefCOCO val: Alpha-CLIP 55.7 vs Red Circle 49.8, ReCLIP (crop + blur) 45.8, CPT 32.2",
     "rs": "r_s 0.0 -> 68.06, 0.1 -> 68.25, 1.0 -> 63.96 top-1 (B/16)",
+    "retrieval": "zero-shot ImageNet with whole-image alpha: Alpha-CLIP 73.37 vs CLIP 73.48 (L/14)",
 }
+#: the ablation names :func:`targets` reads for the r_s row
+RS_RUNS = ("r_s=0", "r_s=0.1", "r_s=1.0")
+
+
+def targets(out: dict) -> list:
+    """Issue 19's targets against the measured numbers: ``[(measure, target, measured, met)]``."""
+    reg, rec, ret = out["region_top1"], out["rec_top1"], out["retrieval"]
+    mask, box = reg["Alpha-CLIP: mask alpha"], reg["Alpha-CLIP: box alpha"]
+    best_base = max((v, k) for k, v in reg.items() if k.startswith("base CLIP"))
+    rows = [("region top-1, mask alpha", ">= 95 and >= 5 points above every base-CLIP baseline",
+             f"{mask:.1f} (best baseline: {best_base[1][11:]} {best_base[0]:.1f})",
+             mask >= 95.0 and mask >= best_base[0] + 5.0),
+            ("region top-1, box alpha", ">= 90", f"{box:.1f}", box >= 90.0)]
+    base_r = ret["base CLIP (stage 1)"]["image->text R@1"]
+    alpha_r = ret["Alpha-CLIP (stage 2), whole-image alpha"]["image->text R@1"]
+    rows.append(("whole-image retrieval, image->text R@1", "within 2 points of the stage-1 base",
+                 f"{alpha_r:.1f} vs base {base_r:.1f}", alpha_r >= base_r - 2.0))
+    rec_mask = rec["Alpha-CLIP: mask alpha"]
+    rec_base = max((rec[f"base CLIP: {k}"], k) for k in ("crop", "background blurred", "background masked", "red circle"))
+    rows.append(("toy referring expressions, mask alpha", ">= 20 points above crop, blur, masked, red circle",
+                 f"{rec_mask:.1f} (best of those: {rec_base[1]} {rec_base[0]:.1f})", rec_mask >= rec_base[0] + 20.0))
+    abl = out.get("ablations", {})
+    if all(k in abl for k in RS_RUNS):
+        r0, r1, r10 = (abl[k] for k in RS_RUNS)
+        shape = (r0["image->text R@1"] < r1["image->text R@1"]
+                 and r10["region mask alpha"] < r1["region mask alpha"])
+        rows.append(("r_s ablation", "r_s = 0 loses whole-image R@1, 1.0 loses region top-1 (vs 0.1)",
+                     f"R@1 {r0['image->text R@1']:.1f} / {r1['image->text R@1']:.1f} / {r10['image->text R@1']:.1f}; "
+                     f"region {r0['region mask alpha']:.1f} / {r1['region mask alpha']:.1f} / "
+                     f"{r10['region mask alpha']:.1f} (r_s 0 / 0.1 / 1.0)", shape))
+    else:
+        rows.append(("r_s ablation", "r_s = 0 loses whole-image R@1, 1.0 loses region top-1", "not run", False))
+    demo = out["demo"]
+    rows.append(("`alphaclip demo`", "every region of the bundled scene right",
+                 f"{sum(demo['correct'])}/{len(demo['correct'])}", all(demo["correct"])))
+    return rows
 
 
 def _visual_swap(model, folder: Path):
-    """``model`` (a copy of the toy) with the vision tower of another toy folder (open_clip folder)."""
+    """Another stage-2 toy (an open_clip folder of a run of the same base), its weights rounded to fp16
+    like the shipped toy's so that the two are compared on equal terms."""
     other, _ = load_tiny(folder=folder)
-    text_keys = [k for k in model.state_dict() if not k.startswith("visual.")]
+    with torch.no_grad():
+        for p in other.parameters():
+            p.copy_(p.half().float())
     a, b = model.state_dict(), other.state_dict()
-    if any(not torch.equal(a[k], b[k]) for k in text_keys):
+    if any(not torch.equal(a[k], b[k]) for k in a if not k.startswith("visual.")):
         raise ValueError(f"--ablation {folder}: its text tower differs from the toy's (not a stage-2 run of this base)")
     return other
 
@@ -93,11 +140,17 @@ def main() -> int:
     for item in args.ablation:
         if "=" not in item:
             ap.error(f"--ablation: expected NAME=FOLDER, got {item!r}")
-        name, path = item.split("=", 1)
+        name, path = item.rsplit("=", 1)  # names may hold "=" (r_s=0.1)
         m = _visual_swap(alpha, Path(path))
         ablations[name] = {"region mask alpha": region_top1(m, tok, scenes, ["alpha: mask"])["alpha: mask"],
                            "rec mask alpha": rec_top1(m, tok, suite, ["alpha: mask"])["alpha: mask"],
                            **retrieval(m, tok, rscenes)}
+        run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
+        if run_cfg.is_file():
+            cfg = json.loads(run_cfg.read_text())
+            ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio")})
+    scores, truth, best = demo_scores(alpha, tok)
+    demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
     n_regions = sum(len(s.objects) for s in scenes)
     out = {"benchmark": "synthetic_regions", "folder": str(folder), "seed_block": args.seed_block,
@@ -105,8 +158,9 @@ def main() -> int:
            "region_top1": region, "rec_expressions": len(suite),
            "rec_chance": 100.0 * sum(1 / len(r.scene.objects) for r in suite) / max(1, len(suite)),
            "rec_top1": rec, "retrieval": ret, "retrieval_scenes": args.retrieval_scenes, "zero_shot_top1": zs,
-           "zero_shot_scenes": args.zero_shot_scenes, "ablations": ablations, "training": training,
+           "zero_shot_scenes": args.zero_shot_scenes, "ablations": ablations, "demo": demo, "training": training,
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
+    out["targets"] = [dict(zip(("measure", "target", "measured", "met"), row)) for row in targets(out)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     Path(args.out + ".md").write_text(render_markdown(out) + "\n")
@@ -119,6 +173,14 @@ def render_markdown(out: dict) -> str:
     lines = ["# Synthetic region suite (the paper's tables in miniature)", "",
              f"Held-out seed block {out['seed_block']}; machine: {describe(out['machine'])}, "
              f"load average {', '.join(f'{x:.1f}' for x in out['machine']['loadavg'])}; {out['seconds']} s.", "",
+             "## Targets (issue 19)", "", "| measure | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {t['measure']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |"
+              for t in out["targets"]]
+    lines += ["", "## Claims checked, the paper's numbers beside ours", "", "| claim | paper | toy rows |", "|---|---|---|",
+              f"| {CLAIMS['region']} | {PAPER['region']} | region top-1 |",
+              f"| {CLAIMS['rec']} | {PAPER['rec']} | toy referring expressions |",
+              f"| {CLAIMS['retrieval']} | {PAPER['retrieval']} | whole-scene retrieval |",
+              f"| {CLAIMS['rs']} | {PAPER['rs']} | ablations |", "",
              f"## Region top-1 ({out['regions']} objects in {out['scenes']} scenes, {out['labels']} labels, "
              f"chance {out['chance_top1']:.1f}%)", "", "| model: region input | top-1 % |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in out["region_top1"].items()]
@@ -133,10 +195,25 @@ def render_markdown(out: dict) -> str:
               for k, v in out["retrieval"].items()]
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
-                  "| run | region top-1, mask alpha | REC, mask alpha | image->text R@1 | text->image R@1 |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['region mask alpha']:.1f} | {v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | "
-                  f"{v['text->image R@1']:.1f} |" for k, v in out["ablations"].items()]
+                  "| run | stage-2 steps | region top-1, mask alpha | REC, mask alpha | image->text R@1 | "
+                  "text->image R@1 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v.get('steps', '?')} | {v['region mask alpha']:.1f} | {v['rec mask alpha']:.1f} | "
+                  f"{v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |" for k, v in out["ablations"].items()]
+    demo = out["demo"]
+    lines += ["", "## The demo scene (`alphaclip demo`)", "", "| region | truth | top-1 | |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {t} | {b} | {'ok' if c else 'WRONG'} |"
+              for i, (t, b, c) in enumerate(zip(demo["truth"], demo["top1"], demo["correct"]))]
+    tr = out.get("training") or {}
+    if tr.get("clip") or tr.get("alpha"):
+        lines += ["", "## Training record (`training.json` beside the weights)", "",
+                  "| stage | steps | wall s | CPU s | last loss | logit scale |", "|---|---|---|---|---|---|"]
+        recipe = tr.get("recipe", {})
+        for stage, steps_key, scale in (("clip", "clip_steps", (tr.get("clip") or {}).get("logit_scale")),
+                                        ("alpha", "alpha_steps", recipe.get("logit_scale"))):
+            rec_ = tr.get(stage)
+            if rec_:
+                lines.append(f"| {stage} | {recipe.get(steps_key, '?')} | {rec_['seconds']} | {rec_['cpu_seconds']} | "
+                             f"{rec_['loss']:.4f} | {scale if scale is None else f'{scale:.2f}'} |")
     return "\n".join(lines)
 
 

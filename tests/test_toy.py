@@ -18,6 +18,8 @@ from alphaclip_train.schema import iter_shard
 from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, RELATIONS, TINY_CFG, ToyRecipe, install_assets,
                                        label_of, load_tiny, load_tiny_base, make_tiny, partner_of, rec_suite,
                                        relation, render_scene, write_shards)
+from conftest import doc_blocks
+
 from alphaclip_train.toy_eval import (BASELINES, _inputs, held_out_scenes, rec_top1, region_top1, retrieval,
                                       single_object_scenes)
 
@@ -155,7 +157,8 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
                        batch_size=8, clip_steps=3, alpha_steps=3, clip_warmup=1, alpha_warmup=1)
     summary = make_tiny(tmp_path, recipe, progress=False)
     assert math.isfinite(summary["clip"]["loss"]) and math.isfinite(summary["alpha"]["loss"])
-    assert 14.0 < summary["clip"]["logit_scale"] <= 100.0  # learned (CLIP's 1/0.07 to start), capped
+    # learned at its own pace (3 steps at 3e-2 move it well away from CLIP's 1/0.07 at the start), capped
+    assert abs(summary["clip"]["logit_scale"] - 1 / 0.07) > 0.3 and summary["clip"]["logit_scale"] <= 100.0
     clip_cfg = json.loads((tmp_path / "clip" / "config.json").read_text())
     assert clip_cfg["stage"] == "clip" and clip_cfg["label_smoothing"] == 0.0 and clip_cfg["shuffle_buffer"] == 0
     alpha_cfg = json.loads((tmp_path / "alpha" / "config.json").read_text())
@@ -231,3 +234,14 @@ def test_shipped_toy_sees_regions_and_context():
     rec = rec_top1(alpha, tok, suite, ["alpha: mask", "crop"])
     assert rec["alpha: mask"] >= rec["crop"] + 15.0, rec
     assert acc >= crop - 5.0
+
+
+def test_docs_toy_examples_run(capsys):
+    """The Python blocks of docs/toy.md run as written (the world, then the shipped toy)."""
+    torch.set_num_threads(1)
+    blocks = doc_blocks("docs/toy.md", "The world") + doc_blocks("docs/toy.md", "Try the shipped toy")
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/toy.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "mask alpha" in out and "crop" in out

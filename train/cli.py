@@ -114,18 +114,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from alphaclip_core.regions import classify_regions
+    from alphaclip_core.cli import check_device
     from alphaclip_core.viz import overlay_regions
 
-    from alphaclip_core.cli import check_device
-
-    from .synthetic import LABELS, demo_scene, load_tiny
+    from .synthetic import demo_scene, load_tiny
+    from .toy_eval import demo_scores
 
     check_device(args.device)
     model, tokenizer = load_tiny(args.device)
-    image, masks, truth, _ = demo_scene()
-    scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}"], mode="pad")
-    best = [scores.top(i, 1)[0][0] for i in range(len(truth))]
+    image, masks, _, _ = demo_scene()
+    scores, truth, best = demo_scores(model, tokenizer)
     if args.json:
         print(json.dumps([{"region": i + 1, "truth": t, "correct": best[i] == t, "top": scores.top(i, args.top)}
                           for i, t in enumerate(truth)], indent=2))

@@ -30,7 +30,7 @@ from .eval.baselines import baseline_view, crop_region, mask_bbox
 from .synthetic import LABELS, Referral, Scene, label_of, render_scene
 
 __all__ = ["BASELINES", "ALPHA_INPUTS", "TEMPLATES", "SEED_BLOCK", "held_out_scenes", "single_object_scenes", "partner_top1",
-           "region_top1", "rec_top1", "retrieval", "zero_shot"]
+           "region_top1", "rec_top1", "retrieval", "zero_shot", "demo_scores"]
 
 #: plain-CLIP ways of showing one region (the paper's baselines), by the names the results use
 BASELINES: Dict[str, str] = {"whole image": "whole", "crop": "crop", "crop + margin": "crop_margin",
@@ -190,3 +190,20 @@ def partner_top1(model, tokenizer: Callable, scenes: Sequence[Scene], kind: str)
         hits += int(sim[0] > sim[1])
         n += 1
     return 100.0 * hits / max(1, n), n
+
+
+@torch.no_grad()
+def demo_scores(model, tokenizer: Callable):
+    """The demo scene (:func:`alphaclip_train.synthetic.demo_scene`) scored as ``alphaclip demo`` does:
+    mask alpha, the 24 labels, :data:`TEMPLATES`, padded geometry.
+
+    Returns ``(scores, truth, best)``: the :class:`alphaclip_core.regions.RegionScores` (``[4, 24]``
+    probabilities), the true label of each region and the top-1 label of each region.
+    """
+    from alphaclip_core.regions import classify_regions
+
+    from .synthetic import demo_scene
+
+    image, masks, truth, _ = demo_scene()
+    scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=list(TEMPLATES), mode="pad")
+    return scores, truth, [scores.top(i, 1)[0][0] for i in range(len(truth))]
