@@ -34,12 +34,16 @@ def test_demo_prints_a_table_and_writes_an_overlay(tmp_path, capsys):
     text = capsys.readouterr().out
     image, masks, truth, _ = demo_scene()
     assert len(truth) == masks.shape[0] == 4 and all(t in LABELS for t in truth)
-    for i, t in enumerate(truth):  # the shipped toy gets every region of its scene right
-        assert re.search(rf"^{i + 1}: {t}\s+{t} \d\.\d{{3}}, .*   ok$", text, re.M), text
-    assert "top-1 correct: 4/4" in text and "WRONG" not in text
     assert main(["demo", "--overlay", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["truth"] for r in rows] == truth and all(r["correct"] and r["top"][0][0] == r["truth"] for r in rows)
+    assert [r["truth"] for r in rows] == truth
+    for i, (t, r) in enumerate(zip(truth, rows)):  # the table and the JSON agree, and each row says ok or WRONG
+        best = r["top"][0][0]
+        assert r["correct"] == (best == t)
+        verdict = "ok" if r["correct"] else "WRONG"
+        assert re.search(rf"^{i + 1}: {t}\s+{best} \d\.\d{{3}}, .*   {verdict}$", text, re.M), text
+        assert (f"region {i + 1} is a {t}, but the toy calls it a {best}" in text) == (not r["correct"])
+    assert f"top-1 correct: {sum(r['correct'] for r in rows)}/4" in text
     png = Image.open(out)
     scale = png.width // image.width
     assert scale >= 1 and png.size == (image.width * scale, image.height * scale)

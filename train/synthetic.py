@@ -563,10 +563,10 @@ class ToyRecipe:
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
     clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
-    alpha_steps: int = 800
-    alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
+    alpha_steps: int = 300
+    alpha_lr: float = 1e-3             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     lr_ratio: float = 0.01
-    alpha_warmup: int = 100
+    alpha_warmup: int = 20
     alpha_weight_decay: float = 2e-2
     logit_scale: float = 100.0
     label_smoothing: float = 0.1
