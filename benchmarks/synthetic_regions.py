@@ -1,13 +1,18 @@
-"""Region classification and whole-scene retrieval in the synthetic world (held-out scenes).
+"""The paper's tables in miniature: the shipped toy Alpha-CLIP on held-out scenes of the synthetic world.
 
-Compares the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) given a mask, a
-box or the whole image as alpha, with its base CLIP (stage 1) given the region-focusing baselines
-of the paper: whole image, crop, crop with context margin, background masked out, background
-blurred, red circle. Also whole-scene retrieval (caption <-> scene, R@1), to check that the
-whole-image ability is kept.
+Scores the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) and its stage-1 base
+(a plain CLIP) with :mod:`alphaclip_train.toy_eval`:
 
-    python -m alphaclip_train.synthetic WORK --install        # makes WORK/clip and WORK/alpha
-    python benchmarks/synthetic_regions.py WORK                # ~1 minute on 2 CPU cores
+* region top-1 over the 24 labels: Alpha-CLIP with mask / box / whole-image alpha against the base
+  CLIP shown the paper's baselines (whole image, crop, crop + margin, background masked out,
+  background blurred, red circle);
+* the toy referring-expression suite (twins told apart only by context);
+* whole-scene retrieval R@1 (base vs Alpha-CLIP with whole-image alpha) and single-object zero-shot;
+* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask-alpha top-1, REC and retrieval;
+* the demo scene (what ``alphaclip demo`` prints), and every target of issue 19 with met / not met.
+
+    python benchmarks/synthetic_regions.py                       # the shipped model, a few minutes
+    python benchmarks/synthetic_regions.py --folder WORK/export  # another toy (see install_assets)
 
 Writes benchmarks/results/synthetic_regions.{json,md}.
 """
@@ -15,161 +20,201 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import open_clip
 import torch
-from PIL import Image, ImageDraw, ImageFilter
 
-import alphaclip_integrations.open_clip  # noqa: F401
-from alphaclip_core.alpha import prepare
-from alphaclip_core.regions import preprocess_params, score_regions, text_classifier
-from alphaclip_train.synthetic import LABELS, label_of, load_tiny, render_scene
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import describe, machine  # noqa: E402
+
+from alphaclip_train.synthetic import ASSETS, LABELS, load_tiny, load_tiny_base, rec_suite  # noqa: E402
+from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, rec_top1,  # noqa: E402
+                                      region_top1, retrieval, single_object_scenes, zero_shot)
 
 RESULTS = Path(__file__).parent / "results"
-TEMPLATES = ["a {}."]
+REC_BASELINES = ["crop", "crop + margin", "background masked", "background blurred", "red circle"]
+
+#: the paper's numbers each row is read against (SPEC.md), and the claim each checks
+CLAIMS = {
+    "region": "Alpha-CLIP focuses on the region it is given, better than cropping, masking, blurring or circling it",
+    "rec": "alpha keeps the context that crops and masks throw away (referring expressions)",
+    "retrieval": "whole-image ability is kept (r_s = 0.1 mixes whole images with all-ones alpha into stage 2)",
+    "rs": "r_s trades the two: 0 loses whole-image ability, 1.0 loses region accuracy",
+}
+PAPER = {
+    "region": "ImageNet-S top-1, L/14: CLIP 73.48 (whole image); Alpha-CLIP mask 77.41, box 75.62, whole image 73.37; "
+              "Red Circle 73.37; MaskAdaptedCLIP 63.50",
+    "rec": "RefCOCO val: Alpha-CLIP 55.7 vs Red Circle 49.8, ReCLIP (crop + blur) 45.8, CPT 32.2",
+    "rs": "r_s 0.0 -> 68.06, 0.1 -> 68.25, 1.0 -> 63.96 top-1 (B/16)",
+    "retrieval": "zero-shot ImageNet with whole-image alpha: Alpha-CLIP 73.37 vs CLIP 73.48 (L/14)",
+}
+#: the ablation names :func:`targets` reads for the r_s row
+RS_RUNS = ("r_s=0", "r_s=0.1", "r_s=1.0")
 
 
-def _feats(model, image, **region):
-    p = preprocess_params(model)
-    pix, alpha = prepare(image, size=p["size"], mode="pad", **region)
-    return pix, alpha
+def targets(out: dict) -> list:
+    """Issue 19's targets against the measured numbers: ``[(measure, target, measured, met)]``."""
+    reg, rec, ret = out["region_top1"], out["rec_top1"], out["retrieval"]
+    mask, box = reg["Alpha-CLIP: mask alpha"], reg["Alpha-CLIP: box alpha"]
+    best_base = max((v, k) for k, v in reg.items() if k.startswith("base CLIP"))
+    rows = [("region top-1, mask alpha", ">= 95 and >= 5 points above every base-CLIP baseline",
+             f"{mask:.1f} (best baseline: {best_base[1][11:]} {best_base[0]:.1f})",
+             mask >= 95.0 and mask >= best_base[0] + 5.0),
+            ("region top-1, box alpha", ">= 90", f"{box:.1f}", box >= 90.0)]
+    base_r = ret["base CLIP (stage 1)"]["image->text R@1"]
+    alpha_r = ret["Alpha-CLIP (stage 2), whole-image alpha"]["image->text R@1"]
+    rows.append(("whole-image retrieval, image->text R@1", "within 2 points of the stage-1 base",
+                 f"{alpha_r:.1f} vs base {base_r:.1f}", alpha_r >= base_r - 2.0))
+    rec_mask = rec["Alpha-CLIP: mask alpha"]
+    rec_base = max((rec[f"base CLIP: {k}"], k) for k in ("crop", "background blurred", "background masked", "red circle"))
+    rows.append(("toy referring expressions, mask alpha", ">= 20 points above crop, blur, masked, red circle",
+                 f"{rec_mask:.1f} (best of those: {rec_base[1]} {rec_base[0]:.1f})", rec_mask >= rec_base[0] + 20.0))
+    abl = out.get("ablations", {})
+    if all(k in abl for k in RS_RUNS):
+        r0, r1, r10 = (abl[k] for k in RS_RUNS)
+        shape = (r0["image->text R@1"] < r1["image->text R@1"]
+                 and r10["region mask alpha"] < r1["region mask alpha"])
+        rows.append(("r_s ablation", "r_s = 0 loses whole-image R@1, 1.0 loses region top-1 (vs 0.1)",
+                     f"R@1 {r0['image->text R@1']:.1f} / {r1['image->text R@1']:.1f} / {r10['image->text R@1']:.1f}; "
+                     f"region {r0['region mask alpha']:.1f} / {r1['region mask alpha']:.1f} / "
+                     f"{r10['region mask alpha']:.1f} (r_s 0 / 0.1 / 1.0)", shape))
+    else:
+        rows.append(("r_s ablation", "r_s = 0 loses whole-image R@1, 1.0 loses region top-1", "not run", False))
+    demo = out["demo"]
+    rows.append(("`alphaclip demo`", "every region of the bundled scene right",
+                 f"{sum(demo['correct'])}/{len(demo['correct'])}", all(demo["correct"])))
+    return rows
 
 
-@torch.no_grad()
-def evaluate(model, tokenizer, scenes, use_alpha: bool, methods):
-    """Top-1 accuracy of each method over every region of ``scenes``."""
-    clf = text_classifier(model, tokenizer, list(LABELS), TEMPLATES)
-    hits = {m: 0 for m in methods}
-    total = 0
-    for scene in scenes:
-        img = scene.image
-        mean = tuple(int(255 * v) for v in (0.48145466, 0.4578275, 0.40821073))
-        for obj, mask in zip(scene.objects, scene.masks):
-            truth = LABELS.index(label_of(obj))
-            total += 1
-            x0, y0, x1, y1 = obj["box"]
-            for m in methods:
-                if m == "alpha: mask":
-                    pix, alpha = _feats(model, img, mask=mask)
-                elif m == "alpha: box":
-                    pix, alpha = _feats(model, img, box=[obj["box"]])
-                elif m.endswith("whole image"):
-                    pix, alpha = _feats(model, img)
-                elif m == "crop":
-                    pix, alpha = _feats(model, img.crop((x0, y0, x1, y1)))
-                elif m == "crop + context margin":
-                    w, h = x1 - x0, y1 - y0
-                    pix, alpha = _feats(model, img.crop((max(0, x0 - w // 2), max(0, y0 - h // 2),
-                                                        min(img.width, x1 + w // 2), min(img.height, y1 + h // 2))))
-                elif m == "background masked out":
-                    arr = np.asarray(img).copy()
-                    arr[~mask] = mean
-                    pix, alpha = _feats(model, Image.fromarray(arr))
-                elif m == "background blurred":
-                    blurred = np.asarray(img.filter(ImageFilter.GaussianBlur(3)))
-                    arr = np.where(mask[..., None], np.asarray(img), blurred)
-                    pix, alpha = _feats(model, Image.fromarray(arr.astype(np.uint8)))
-                elif m == "red circle":
-                    c = img.copy()
-                    d = ImageDraw.Draw(c)
-                    pad = max(2, (x1 - x0) // 4)
-                    d.ellipse([x0 - pad, y0 - pad, x1 + pad, y1 + pad], outline=(255, 0, 0),
-                              width=max(1, img.width // 40))
-                    pix, alpha = _feats(model, c)
-                else:
-                    raise ValueError(m)
-                a = alpha if use_alpha else None
-                if a is None:
-                    feats = model.encode_image(pix, None, normalize=True) if hasattr(model.visual, "conv1_alpha") \
-                        else model.encode_image(pix, normalize=True)
-                    cos = feats.float() @ clf.T
-                else:
-                    cos = score_regions(model, pix, a, clf)
-                hits[m] += int(cos.argmax(-1)[0] == truth)
-    return {m: 100.0 * h / total for m, h in hits.items()}, total
-
-
-@torch.no_grad()
-def retrieval(model, tokenizer, scenes):
-    """Whole-scene retrieval R@1 (image->text, text->image) with whole-image input."""
-    p = preprocess_params(model)
-    pix = torch.cat([prepare(s.image, size=p["size"])[0] for s in scenes])
-    img = model.encode_image(pix, None, normalize=True).float()
-    txt = model.encode_text(tokenizer([s.caption for s in scenes]), normalize=True).float()
-    sim = img @ txt.T
-    n = len(scenes)
-    caps = [s.caption for s in scenes]
-    # a caption can repeat (identical scenes content): count a hit when the retrieved caption text matches
-    i2t = np.mean([caps[int(sim[i].argmax())] == caps[i] for i in range(n)]) * 100
-    t2i = np.mean([caps[int(sim[:, i].argmax())] == caps[i] for i in range(n)]) * 100
-    return {"image->text R@1": float(i2t), "text->image R@1": float(t2i)}
+def _visual_swap(model, folder: Path):
+    """Another stage-2 toy (an open_clip folder of a run of the same base), its weights rounded to fp16
+    like the shipped toy's so that the two are compared on equal terms."""
+    other, _ = load_tiny(folder=folder)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.copy_(p.half().float())
+    a, b = model.state_dict(), other.state_dict()
+    if any(not torch.equal(a[k], b[k]) for k in a if not k.startswith("visual.")):
+        raise ValueError(f"--ablation {folder}: its text tower differs from the toy's (not a stage-2 run of this base)")
+    return other
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("workdir", help="the folder given to python -m alphaclip_train.synthetic")
-    ap.add_argument("--scenes", type=int, default=300, help="held-out scenes")
+    ap.add_argument("--folder", default=str(ASSETS), help="toy folder (open_clip files + base_visual.safetensors)")
+    ap.add_argument("--scenes", type=int, default=400, help="held-out scenes for region top-1")
+    ap.add_argument("--rec-scenes", type=int, default=300, help="held-out twin scenes (2 expressions each)")
     ap.add_argument("--retrieval-scenes", type=int, default=500)
-    ap.add_argument("--seed", type=int, default=777, help="held-out seed block (training used seed 0)")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--alpha", help="Alpha-CLIP open_clip folder (default: WORKDIR/alpha/final)")
-    ap.add_argument("--extra", action="append", default=[], metavar="LABEL=FOLDER",
-                    help="another Alpha-CLIP (e.g. an ablation) to score with mask alpha + retrieval")
+    ap.add_argument("--zero-shot-scenes", type=int, default=480)
+    ap.add_argument("--seed-block", type=int, default=SEED_BLOCK, help="held-out seed block (training: 0 and 1)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
+                    help="another stage-2 model of the same base (open_clip folder): mask alpha, REC, retrieval")
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
+    ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(args.workdir)
+    info = machine()
     t0 = time.perf_counter()
-    base = open_clip.create_model(f"local-dir:{work / 'clip' / 'final'}").eval()
-    alpha = open_clip.create_model(f"local-dir:{args.alpha or work / 'alpha' / 'final'}").eval()
-    shipped, tokenizer = load_tiny()
-    scenes = [render_scene(args.seed * 10**7 + i) for i in range(args.scenes)]
-    rscenes = [render_scene(args.seed * 10**7 + 5_000_000 + i) for i in range(args.retrieval_scenes)]
-    baselines = ["whole image", "crop", "crop + context margin", "background masked out", "background blurred",
-                 "red circle"]
-    alpha_methods = ["alpha: mask", "alpha: box", "alpha: whole image"]
-    res_base, n = evaluate(base, tokenizer, scenes, False, baselines)
-    res_alpha, _ = evaluate(alpha, tokenizer, scenes, True, alpha_methods)
-    res_shipped, _ = evaluate(shipped, tokenizer, scenes, True, ["alpha: mask"])
-    ret = {"base CLIP (stage 1)": retrieval(base, tokenizer, rscenes),
-           "Alpha-CLIP (stage 2), whole-image alpha": retrieval(alpha, tokenizer, rscenes)}
-    for item in args.extra:
-        label, folder = item.split("=", 1)
-        m = open_clip.create_model(f"local-dir:{folder}").eval()
-        res_alpha_x, _ = evaluate(m, tokenizer, scenes, True, ["alpha: mask", "alpha: whole image"])
-        for k, v in res_alpha_x.items():
-            res_shipped[f"{label}: {k.split(': ', 1)[1]} alpha"] = v
-        ret[f"{label}, whole-image alpha"] = retrieval(m, tokenizer, rscenes)
-    summary = json.loads((work / "summary.json").read_text()) if (work / "summary.json").exists() else {}
-    out = {
-        "benchmark": "synthetic_regions", "regions": n, "scenes": args.scenes, "labels": len(LABELS),
-        "chance_top1": 100.0 / len(LABELS), "templates": TEMPLATES,
-        "region_top1": {**{f"base CLIP: {k}": v for k, v in res_base.items()},
-                        **{f"Alpha-CLIP: {k.split(': ', 1)[1]} alpha": v for k, v in res_alpha.items()},
-                        "shipped fp16 Alpha-CLIP: mask alpha": res_shipped.pop("alpha: mask"),
-                        **res_shipped},
-        "retrieval": ret, "training": summary,
-        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {args.threads} thread(s)",
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    folder = Path(args.folder)
+    alpha, tok = load_tiny(folder=folder)
+    base, _ = load_tiny_base(folder=folder)
+    scenes = held_out_scenes(args.scenes, seed_block=args.seed_block)
+    rscenes = held_out_scenes(args.retrieval_scenes, offset=5_000_000, seed_block=args.seed_block)
+    zscenes = single_object_scenes(args.zero_shot_scenes, seed_block=args.seed_block)
+    suite = rec_suite(args.rec_scenes, seed=args.seed_block)
+    pr = args.progress
+    region = {f"base CLIP: {k}": v for k, v in region_top1(base, tok, scenes, list(BASELINES), pr).items()}
+    region.update({f"Alpha-CLIP: {k[7:]} alpha": v for k, v in
+                   region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box", "alpha: whole image"], pr).items()})
+    rec = {f"base CLIP: {k}": v for k, v in rec_top1(base, tok, suite, REC_BASELINES, pr).items()}
+    rec.update({f"Alpha-CLIP: {k[7:]} alpha": v for k, v in
+                rec_top1(alpha, tok, suite, ["alpha: mask", "alpha: box"], pr).items()})
+    ret = {"base CLIP (stage 1)": retrieval(base, tok, rscenes),
+           "Alpha-CLIP (stage 2), whole-image alpha": retrieval(alpha, tok, rscenes)}
+    zs = {"base CLIP (stage 1)": zero_shot(base, tok, zscenes),
+          "Alpha-CLIP (stage 2), whole-image alpha": zero_shot(alpha, tok, zscenes)}
+    ablations = {}
+    for item in args.ablation:
+        if "=" not in item:
+            ap.error(f"--ablation: expected NAME=FOLDER, got {item!r}")
+        name, path = item.rsplit("=", 1)  # names may hold "=" (r_s=0.1)
+        m = _visual_swap(alpha, Path(path))
+        ablations[name] = {"region mask alpha": region_top1(m, tok, scenes, ["alpha: mask"])["alpha: mask"],
+                           "rec mask alpha": rec_top1(m, tok, suite, ["alpha: mask"])["alpha: mask"],
+                           **retrieval(m, tok, rscenes)}
+        run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
+        if run_cfg.is_file():
+            cfg = json.loads(run_cfg.read_text())
+            ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio")})
+    scores, truth, best = demo_scores(alpha, tok)
+    demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
+    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    n_regions = sum(len(s.objects) for s in scenes)
+    out = {"benchmark": "synthetic_regions", "folder": str(folder), "seed_block": args.seed_block,
+           "regions": n_regions, "scenes": args.scenes, "labels": len(LABELS), "chance_top1": 100.0 / len(LABELS),
+           "region_top1": region, "rec_expressions": len(suite),
+           "rec_chance": 100.0 * sum(1 / len(r.scene.objects) for r in suite) / max(1, len(suite)),
+           "rec_top1": rec, "retrieval": ret, "retrieval_scenes": args.retrieval_scenes, "zero_shot_top1": zs,
+           "zero_shot_scenes": args.zero_shot_scenes, "ablations": ablations, "demo": demo, "training": training,
+           "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
+    out["targets"] = [dict(zip(("measure", "target", "measured", "met"), row)) for row in targets(out)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = ["# Synthetic region suite", "",
-             f"{n} regions in {args.scenes} held-out scenes (seed block {args.seed}), {len(LABELS)} labels "
-             f"(colour x shape, template `a {{}}.`), chance {100 / len(LABELS):.1f}%. Toy models trained by "
-             "`python -m alphaclip_train.synthetic` (see `training` in the JSON). Machine: " + out["machine"] + ".",
-             "", "| model: region input | top-1 % |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in out["region_top1"].items()]
-    lines += ["", f"Whole-scene retrieval ({args.retrieval_scenes} held-out scenes, caption <-> scene):", "",
-              "| model | image->text R@1 | text->image R@1 |", "|---|---|---|"]
-    lines += [f"| {k} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |" for k, v in ret.items()]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    Path(args.out + ".md").write_text(render_markdown(out) + "\n")
+    print(render_markdown(out))
     return 0
+
+
+def render_markdown(out: dict) -> str:
+    """The results as Markdown tables."""
+    lines = ["# Synthetic region suite (the paper's tables in miniature)", "",
+             f"Held-out seed block {out['seed_block']}; machine: {describe(out['machine'])}, "
+             f"load average {', '.join(f'{x:.1f}' for x in out['machine']['loadavg'])}; {out['seconds']} s.", "",
+             "## Targets (issue 19)", "", "| measure | target | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {t['measure']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |"
+              for t in out["targets"]]
+    lines += ["", "## Claims checked, the paper's numbers beside ours", "", "| claim | paper | toy rows |", "|---|---|---|",
+              f"| {CLAIMS['region']} | {PAPER['region']} | region top-1 |",
+              f"| {CLAIMS['rec']} | {PAPER['rec']} | toy referring expressions |",
+              f"| {CLAIMS['retrieval']} | {PAPER['retrieval']} | whole-scene retrieval |",
+              f"| {CLAIMS['rs']} | {PAPER['rs']} | ablations |", "",
+             f"## Region top-1 ({out['regions']} objects in {out['scenes']} scenes, {out['labels']} labels, "
+             f"chance {out['chance_top1']:.1f}%)", "", "| model: region input | top-1 % |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in out["region_top1"].items()]
+    lines += ["", f"## Toy referring expressions ({out['rec_expressions']} expressions, twins told apart by a "
+              f"relation; candidates: every object of the scene, chance {out['rec_chance']:.1f}%)", "",
+              "| model: region input | accuracy % |", "|---|---|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in out["rec_top1"].items()]
+    lines += ["", f"## Whole-scene retrieval ({out['retrieval_scenes']} scenes) and single-object zero-shot "
+              f"({out['zero_shot_scenes']} scenes)", "",
+              "| model | image->text R@1 | text->image R@1 | zero-shot top-1 |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} | {out['zero_shot_top1'][k]:.1f} |"
+              for k, v in out["retrieval"].items()]
+    if out["ablations"]:
+        lines += ["", "## Ablations (same base, stage 2 varied)", "",
+                  "| run | stage-2 steps | region top-1, mask alpha | REC, mask alpha | image->text R@1 | "
+                  "text->image R@1 |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v.get('steps', '?')} | {v['region mask alpha']:.1f} | {v['rec mask alpha']:.1f} | "
+                  f"{v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |" for k, v in out["ablations"].items()]
+    demo = out["demo"]
+    lines += ["", "## The demo scene (`alphaclip demo`)", "", "| region | truth | top-1 | |", "|---|---|---|---|"]
+    lines += [f"| {i + 1} | {t} | {b} | {'ok' if c else 'WRONG'} |"
+              for i, (t, b, c) in enumerate(zip(demo["truth"], demo["top1"], demo["correct"]))]
+    tr = out.get("training") or {}
+    if tr.get("clip") or tr.get("alpha"):
+        lines += ["", "## Training record (`training.json` beside the weights)", "",
+                  "| stage | steps | wall s | CPU s | last loss | logit scale |", "|---|---|---|---|---|---|"]
+        recipe = tr.get("recipe", {})
+        for stage, steps_key, scale in (("clip", "clip_steps", (tr.get("clip") or {}).get("logit_scale")),
+                                        ("alpha", "alpha_steps", recipe.get("logit_scale"))):
+            rec_ = tr.get(stage)
+            if rec_:
+                lines.append(f"| {stage} | {recipe.get(steps_key, '?')} | {rec_['seconds']} | {rec_['cpu_seconds']} | "
+                             f"{rec_['loss']:.4f} | {scale if scale is None else f'{scale:.2f}'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,16 @@ def test_demo_prints_a_table_and_writes_an_overlay(tmp_path, capsys):
     text = capsys.readouterr().out
     image, masks, truth, _ = demo_scene()
     assert len(truth) == masks.shape[0] == 4 and all(t in LABELS for t in truth)
-    for i, t in enumerate(truth):
-        assert re.search(rf"^{i + 1}: {t}\s+\w+ \w+ \d\.\d{{3}}", text, re.M), text
-    hits = int(re.search(r"top-1 correct: (\d)/4", text).group(1))
-    # the same count, recomputed from the JSON output
     assert main(["demo", "--overlay", str(out), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert sum(r["top"][0][0] == r["truth"] for r in rows) == hits
+    assert [r["truth"] for r in rows] == truth
+    for i, (t, r) in enumerate(zip(truth, rows)):  # the table and the JSON agree, and each row says ok or WRONG
+        best = r["top"][0][0]
+        assert r["correct"] == (best == t)
+        verdict = "ok" if r["correct"] else "WRONG"
+        assert re.search(rf"^{i + 1}: {t}\s+{best} \d\.\d{{3}}, .*   {verdict}$", text, re.M), text
+        assert (f"region {i + 1} is a {t}, but the toy calls it a {best}" in text) == (not r["correct"])
+    assert f"top-1 correct: {sum(r['correct'] for r in rows)}/4" in text
     png = Image.open(out)
     scale = png.width // image.width
     assert scale >= 1 and png.size == (image.width * scale, image.height * scale)
@@ -48,6 +51,25 @@ def test_demo_prints_a_table_and_writes_an_overlay(tmp_path, capsys):
     diff = np.abs(np.asarray(png.convert("RGB"), int) - big).sum(-1)
     inside = masks.repeat(scale, axis=1).repeat(scale, axis=2).any(0)
     assert (diff[inside] > 0).mean() > 0.9  # every region is tinted
+
+
+def test_demo_says_so_when_a_region_is_wrong(tmp_path, capsys, monkeypatch):
+    import alphaclip_train.synthetic as synthetic
+    from alphaclip_core.model import AlphaCLIP
+    from open_clip.tokenizer import SimpleTokenizer
+
+    torch.manual_seed(0)
+    untrained = AlphaCLIP(**{k: v for k, v in MICRO_CFG.items() if k != "alpha_clip"}).eval()
+    monkeypatch.setattr(synthetic, "load_tiny", lambda device="cpu": (untrained, SimpleTokenizer(context_length=16)))
+    assert main(["demo", "--overlay", str(tmp_path / "demo.png")]) == 0
+    text = capsys.readouterr().out
+    _, _, truth, _ = demo_scene()
+    wrong = [i for i, t in enumerate(truth) if not re.search(rf"^{i + 1}: {t}\s+{t} ", text, re.M)]
+    assert wrong, "an untrained model got all 4 regions right"
+    assert f"top-1 correct: {4 - len(wrong)}/4" in text
+    for i in wrong:
+        assert re.search(rf"^{i + 1}: {truth[i]}\s+.*   WRONG$", text, re.M)
+        assert f"region {i + 1} is a {truth[i]}, but the toy calls it a " in text
 
 
 def test_train_command(tmp_path, capsys):

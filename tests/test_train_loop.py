@@ -64,6 +64,29 @@ def test_contrastive_loss_matches_the_formula():
         contrastive_loss(img, txt, 100.0, offset=3, all_image=img, all_text=txt)
 
 
+def test_a_repeated_phrase_is_no_false_negative():
+    """The same phrase twice in one batch (a frozen text tower gives identical rows): SPEC's symmetric
+    loss equals the multi-positive loss whose target mass is shared between the two rows, so no
+    duplicate-aware variant is needed (the toy's batches repeat a phrase in about a third of rows)."""
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    txt[3] = txt[1]
+    logits = 100 * img @ txt.t()
+    target = torch.eye(5)
+    target[1, 3] = target[3, 1] = 1.0
+    target = target / target.sum(1, keepdim=True)
+
+    def ce(lg):  # soft targets: mean over rows of -sum_j target_ij log p_ij
+        return -(target * lg.log_softmax(-1)).sum(-1).mean()
+
+    _, value = contrastive_loss(img, txt, 100.0, label_smoothing=0.0)
+    assert value.item() == pytest.approx((0.5 * (ce(logits) + ce(logits.t()))).item(), rel=1e-5)
+    other = txt.clone()
+    other[3] = F.normalize(torch.randn(8, generator=g), dim=-1)  # not a repeat: the two differ
+    assert contrastive_loss(img, other, 100.0, label_smoothing=0.0)[1].item() != pytest.approx(value.item(), rel=1e-3)
+
+
 def test_param_groups_schedule_and_frozen_text(world):
     model = build_model(f"local-dir:{world / 'model'}")
     cfg = _cfg(world, "unused", lr=2e-4)

@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fixed logit scale (stage alpha; default 100), or 'model' for the starting model's own value")
     p.add_argument("--loss", choices=("auto", "contrastive", "sigmoid"), default=d.loss,
                    help="auto (default): SigLIP's sigmoid loss for a base with a logit bias, else CLIP's InfoNCE")
+    p.add_argument("--logit-scale-lr", type=float, default=None,
+                   help="stage clip: the learned logit scale's own peak lr (default: --lr)")
     p.add_argument("--whole-image-ratio", type=float, default=d.whole_image_ratio, help="r_s")
     p.add_argument("--unfreeze-last", type=int, default=None,
                    help="train only conv1_alpha + the last N blocks (+ ln_post, proj); default: the whole tower")
@@ -97,6 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, accum=args.accum, lr=args.lr, lr_ratio=args.lr_ratio,
         weight_decay=args.weight_decay, warmup=args.warmup, min_lr_ratio=args.min_lr_ratio,
         grad_clip=args.grad_clip, label_smoothing=args.label_smoothing, logit_scale=args.logit_scale, loss=args.loss,
+        logit_scale_lr=args.logit_scale_lr,
         whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
         shuffle_buffer=args.shuffle_buffer, interleave=args.interleave, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
@@ -111,27 +114,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from alphaclip_core.regions import classify_regions
+    from alphaclip_core.cli import check_device
     from alphaclip_core.viz import overlay_regions
 
-    from alphaclip_core.cli import check_device
-
-    from .synthetic import LABELS, demo_scene, load_tiny
+    from .synthetic import demo_scene, load_tiny
+    from .toy_eval import demo_scores
 
     check_device(args.device)
     model, tokenizer = load_tiny(args.device)
-    image, masks, truth, _ = demo_scene()
-    scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=["a {}."])
-    names = [f"{i + 1}: {t}" for i, t in enumerate(truth)]
+    image, masks, _, _ = demo_scene()
+    scores, truth, best = demo_scores(model, tokenizer)
     if args.json:
-        print(json.dumps([{"region": i + 1, "truth": t, "top": scores.top(i, args.top)}
+        print(json.dumps([{"region": i + 1, "truth": t, "correct": best[i] == t, "top": scores.top(i, args.top)}
                           for i, t in enumerate(truth)], indent=2))
     else:
-        print("toy Alpha-CLIP (synthetic world, 4 shapes x 6 colours); rows: region: ground truth")
-        print(scores.table(k=args.top, names=names))
-        hits = sum(scores.top(i, 1)[0][0] == t for i, t in enumerate(truth))
-        print(f"top-1 correct: {hits}/{len(truth)}")
-    captions = [f"{i + 1}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" for i in range(len(truth))]
+        print("toy Alpha-CLIP (synthetic world: 4 shapes x 6 colours; mask alpha); rows: region: ground truth")
+        for i, t in enumerate(truth):
+            ranked = ", ".join(f"{label} {p:.3f}" for label, p in scores.top(i, args.top))
+            print(f"{f'{i + 1}: {t}':<18} {ranked}   {'ok' if best[i] == t else 'WRONG'}")
+        wrong = [i for i, t in enumerate(truth) if best[i] != t]
+        print(f"top-1 correct: {len(truth) - len(wrong)}/{len(truth)}")
+        for i in wrong:
+            print(f"region {i + 1} is a {truth[i]}, but the toy calls it a {best[i]}")
+    captions = [f"{i + 1}: {scores.top(i, 1)[0][0]} {scores.top(i, 1)[0][1]:.2f}" + ("" if best[i] == t else " WRONG")
+                for i, t in enumerate(truth)]
     out = Path(args.overlay)
     scale = max(1, 512 // max(image.size))  # a small scene: draw the overlay larger so the captions fit
     big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)

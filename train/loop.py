@@ -101,6 +101,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     logit_scale: Optional[float] = 100.0    #: fixed multiplier (stage alpha); None: the model's own, fixed
     loss: str = "auto"                      #: auto (sigmoid for SigLIP bases, else contrastive), contrastive, sigmoid
+    logit_scale_lr: Optional[float] = None  #: stage clip: the learned logit scale's peak lr (None: lr)
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
     freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
@@ -135,6 +136,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
+        if self.logit_scale_lr is not None and self.logit_scale_lr <= 0:
+            raise ValueError(f"logit_scale_lr: expected > 0 or None, got {self.logit_scale_lr}")
         if self.lr <= 0 or self.lr_ratio < 0:
             raise ValueError(f"lr/lr_ratio: expected lr > 0 and lr_ratio >= 0, got {self.lr}, {self.lr_ratio}")
         if self.unfreeze_last is not None and self.unfreeze_last < 0:
@@ -236,10 +239,18 @@ def param_groups(model: AlphaCLIP, cfg: TrainConfig) -> List[Dict[str, Any]]:
         "decay": {"name": "decay", "params": [], "lr": rest_lr, "weight_decay": cfg.weight_decay},
         "no_decay": {"name": "no_decay", "params": [], "lr": rest_lr, "weight_decay": 0.0},
     }
+    if cfg.stage == "clip" and cfg.logit_scale_lr is not None:
+        # a short run gives the temperature its own pace (CLIP's reaches its cap of 100 early in a long run);
+        # inserted before no_decay so that the log's lr / lr_rest stay the first and last groups
+        no_decay = groups.pop("no_decay")
+        groups["logit_scale"] = {"name": "logit_scale", "params": [], "lr": cfg.logit_scale_lr, "weight_decay": 0.0}
+        groups["no_decay"] = no_decay
     for name, p in params.items():
         key = "alpha" if _is_alpha_conv(name) else ("decay" if p.ndim >= 2 else "no_decay")
         if name == "logit_bias":
             key = "logit_bias"
+        if name == "logit_scale" and "logit_scale" in groups:
+            key = "logit_scale"
         groups[key]["params"].append(p)
     return [g for g in groups.values() if g["params"]]
 
@@ -418,7 +429,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         if not train_text:
             text_tower.eval()  # frozen text tower (no dropout either way)
 
-        start_step, next_batch, data_before = 0, 0, None
+        start_step, next_batch, data_before, resumed_loss = 0, 0, None, float("nan")
         totals = torch.zeros(4, dtype=torch.float64)  # samples, whole-image, skipped, empty steps (all ranks)
         latest = ckpt_dir / "latest.pt"
         if cfg.resume and latest.exists():
@@ -431,6 +442,8 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             if isinstance(saved, torch.Tensor) and saved.numel() <= totals.numel():
                 totals[:saved.numel()] = saved.to(torch.float64)
             data_before = state.get("data")
+            # a finished run resumed does no step: report the loss it ended with, not "no loss yet" (NaN)
+            resumed_loss = float(state.get("loss", float("nan")))
             if int(state["world_size"]) != world:
                 logger.warning("resuming a %d-process run with %d processes: the data order changes",
                                int(state["world_size"]), world)
@@ -467,7 +480,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
         kill_at = int(os.environ.get(KILL_ENV, "0") or 0)
         bar = tqdm(total=cfg.steps, initial=start_step, disable=rank != 0 or not cfg.progress,
                    desc=f"train[{cfg.stage}]", dynamic_ncols=True)
-        last_loss = float("nan")
+        last_loss = resumed_loss
         empty_run: List[int] = []          # batch numbers of the current run of steps without a sample
         empty_reasons: List[str] = []      # the first problems of that run
         warned = 0
@@ -553,7 +566,7 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
                 t0, seen = time.perf_counter(), 0
             if step % cfg.save_every == 0 or step == cfg.steps:
                 _save_checkpoint(latest, master or model, opt, sched, scaler, step, next_batch, cfg, rank, world,
-                                 totals, dataset.fingerprint())
+                                 totals, dataset.fingerprint(), last_loss)
             if kill_at and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()
@@ -646,7 +659,7 @@ def _step(ddp: nn.Module, towers: _Towers, micro: Sequence[Dict[str, Any]], devi
 
 def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int, next_batch: int,
                      cfg: TrainConfig, rank: int, world: int, totals: Optional[torch.Tensor] = None,
-                     data: Optional[str] = None) -> None:
+                     data: Optional[str] = None, loss: float = float("nan")) -> None:
     rng = _rng_state()
     if world > 1:
         all_rng: List[Any] = [None] * world
@@ -657,7 +670,7 @@ def _save_checkpoint(path: Path, model: AlphaCLIP, opt, sched, scaler, step: int
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": step,
                  "next_batch": next_batch, "world_size": world, "rng": all_rng, "data": data,
-                 "config": json.dumps(asdict(cfg)),
+                 "config": json.dumps(asdict(cfg)), "loss": loss,
                  "totals": (totals if totals is not None else torch.zeros(4, dtype=torch.float64)).clone()}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
         logger.debug("checkpoint %s (step %d)", path, step)

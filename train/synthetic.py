@@ -1,19 +1,25 @@
-"""A synthetic region world, and the two-stage training of the shipped toy Alpha-CLIP.
+"""A synthetic region world, its referring expressions, and the two-stage training of the shipped toy Alpha-CLIP.
 
 Scenes: ``size x size`` pictures with 1-4 non-overlapping objects (shape x colour x size at a
 random position) on a textured, low-saturation background (stripes, checks, noise, gradient,
-dots). Every object has its exact mask and a phrase ("a red circle", "a small blue cross"); the
-scene caption lists them all. Scenes are written in the shard format of
-:mod:`alphaclip_train.schema` (object attributes go to ``record["meta"]["objects"]``).
+dots). Every object has its exact mask and a *region phrase*; the scene has a *caption* that lists
+all its objects. A phrase is plain ("a red circle", "a small blue cross") or relational ("a red
+circle left of a blue square": where the object lies relative to another one, read along the
+dominant axis between their centres, see :func:`relation`). Half of the scenes with three or more
+objects hold *twins*, two objects of the same colour and shape; each twin is then named by its
+relation to a third object that tells the two apart, so its phrase can only be understood with the
+rest of the picture: that is the toy's referring-expression suite (:func:`rec_suite`). Scenes are
+written in the shard format of :mod:`alphaclip_train.schema` (object attributes go to
+``record["meta"]["objects"]``).
 
 The shipped model (:func:`load_tiny`, used by ``alphaclip demo``) was made by :func:`make_tiny`,
 with this module's ``python -m alphaclip_train.synthetic`` entry point:
 
-1. stage ``clip``: a tiny CLIP trained from scratch on whole-scene captions;
-2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on region-phrase pairs with the recipe's loss.
+1. stage ``clip``: a CLIP trained from scratch on whole-scene captions (learned logit scale, capped at 100);
+2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on region phrases with the recipe of SPEC.md.
 
 Both stages use :func:`alphaclip_train.loop.train`. The model is a toy: it knows 4 shapes x 6
-colours on 64-pixel pictures, nothing about the real world.
+colours x 2 sizes and 4 relations on 64-pixel pictures, nothing about the real world.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -35,8 +41,10 @@ from alphaclip_core.alpha import rle_encode
 
 from .schema import ShardWriter
 
-__all__ = ["SHAPES", "COLOURS", "SIZES", "LABELS", "Scene", "render_scene", "scene_record", "write_shards",
-           "label_of", "TINY_CFG", "MICRO_CFG", "init_model_dir", "ASSETS", "load_tiny", "demo_scene", "make_tiny"]
+__all__ = ["SHAPES", "COLOURS", "SIZES", "LABELS", "RELATIONS", "WORLD", "Scene", "Referral", "relation",
+           "render_scene", "partner_of", "scene_record", "write_shards", "rec_suite", "label_of", "TINY_CFG",
+           "MICRO_CFG", "ToyRecipe", "init_model_dir", "ASSETS", "load_tiny", "load_tiny_base", "demo_scene",
+           "make_tiny", "DEMO_SEED", "demo_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,34 +56,83 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 SIZES: Dict[str, Tuple[float, float]] = {"small": (0.17, 0.23), "large": (0.30, 0.38)}  # side / scene side
 #: the region classes of the world: "colour shape"
 LABELS: Tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
+#: where an object lies relative to another one (see :func:`relation`)
+RELATIONS: Tuple[str, ...] = ("left of", "right of", "above", "below")
 BACKGROUNDS = ("stripes", "checks", "noise", "gradient", "dots")
+#: the world's name in every record's ``meta``
+WORLD = "alphaclip-synthetic-v2"
+#: fraction of the scenes with >= 3 objects that hold a pair of twins (same colour and shape)
+TWIN_RATE = 0.5
+#: chance that a (non-twin) object is named by a relation rather than by its own attributes
+RELATION_RATE = 0.35
+#: a relation holds only when the offset along the dominant axis is this many times the other one
+CLEAR = 1.5
+_SWAPS = {"h": ("left of", "right of"), "v": ("above", "below")}
 
-#: open_clip config of the shipped toy model (like alpha-ViT-Tiny-8, with 16px patches and a 32-token context,
-#: small enough to train on two CPU cores in minutes)
+#: open_clip config of the shipped toy model (chosen by measurement, see docs/toy.md)
 TINY_CFG: Dict[str, Any] = {
-    "embed_dim": 64,
+    "embed_dim": 128,
     "quick_gelu": True,
     "alpha_clip": True,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8},
+    "text_cfg": {"context_length": 40, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 4},
+}
+#: an even smaller config for tests and examples (32px, 8px patches, 16-token context)
+MICRO_CFG: Dict[str, Any] = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "alpha_clip": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
 ASSETS = Path(__file__).parent / "assets"
 
 
 @dataclass
 class Scene:
-    """One rendered scene: the RGB image, K exact masks ``[K, H, W]`` bool, and the objects."""
+    """One rendered scene: the RGB image, K exact masks ``[K, H, W]`` bool, and the objects.
+
+    Each object is a dict: ``shape``, ``colour``, ``size`` ("small"/"large"), ``box`` (xyxy pixels,
+    exclusive end), ``phrase`` (its region phrase), ``twin`` (True for both objects of a twin pair)
+    and ``relation`` (``{"relation": "left of", "reference": j}`` when the phrase names the object
+    through object ``j``, else None). ``params`` are the arguments of :func:`render_scene`.
+    """
 
     image: Image.Image
     masks: np.ndarray
-    objects: List[Dict[str, Any]]  # shape, colour, size, box [x0, y0, x1, y1], phrase
+    objects: List[Dict[str, Any]]
     caption: str
     background: str
+    params: Dict[str, Any] = field(default_factory=dict)
+    #: the relations the caption uses, as ``(relation, said of a twin)``
+    caption_relations: List[Tuple[str, bool]] = field(default_factory=list)
+
+    @property
+    def twins(self) -> Optional[Tuple[int, int]]:
+        """Indices of the twin pair, or None."""
+        t = [i for i, o in enumerate(self.objects) if o["twin"]]
+        return (t[0], t[1]) if t else None
 
 
 def label_of(obj: Dict[str, Any]) -> str:
     """The class label ("colour shape") of an object."""
     return f"{obj['colour']} {obj['shape']}"
+
+
+def relation(box: Sequence[float], reference: Sequence[float], clear: float = CLEAR) -> Optional[str]:
+    """Where ``box`` lies relative to ``reference`` (both xyxy): one of :data:`RELATIONS`, or None.
+
+    Read along the dominant axis between the two box centres: "left of" / "right of" when the
+    horizontal offset is the longer one, "above" / "below" otherwise. A diagonal layout, where the
+    longer offset is less than ``clear`` times the shorter one, has no clear relation (None).
+    """
+    dx = (box[0] + box[2] - reference[0] - reference[2]) / 2
+    dy = (box[1] + box[3] - reference[1] - reference[3]) / 2
+    if dx != 0 and abs(dx) >= clear * abs(dy):
+        return "left of" if dx < 0 else "right of"
+    if dy != 0 and abs(dy) >= clear * abs(dx):
+        return "above" if dy < 0 else "below"
+    return None
 
 
 def _background(rng: random.Random, size: int) -> Tuple[Image.Image, str]:
@@ -130,104 +187,322 @@ def _draw_shape(shape: str, box: Sequence[int], size: int) -> np.ndarray:
     return np.asarray(canvas, dtype=bool)
 
 
-def _phrase(obj: Dict[str, Any], rng: random.Random) -> str:
+def _plain(obj: Dict[str, Any], rng: random.Random) -> str:
     if rng.random() < 0.5:
         return f"a {obj['size']} {obj['colour']} {obj['shape']}"
     return f"a {obj['colour']} {obj['shape']}"
 
 
-def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: int = 1) -> Scene:
-    """Render one scene, a pure function of ``seed``."""
-    rng = random.Random(seed)
-    image, kind = _background(rng, size)
-    canvas = np.asarray(image).copy()
-    taken: List[Tuple[int, int, int, int]] = []
-    objects: List[Dict[str, Any]] = []
-    masks: List[np.ndarray] = []
-    want = rng.randint(min_objects, max_objects)
-    for _ in range(want):
-        for _attempt in range(30):
+def _relational(obj: Dict[str, Any], rel: str, ref: Dict[str, Any]) -> str:
+    return f"a {obj['colour']} {obj['shape']} {rel} a {ref['colour']} {ref['shape']}"
+
+
+def _place(rng: random.Random, n: int, size: int, sides: Optional[Tuple[str, str]] = None,
+           tries: int = 30) -> List[Tuple[int, int, int, int, str]]:
+    """Up to ``n`` non-overlapping square boxes, 2 pixels apart: ``(x0, y0, x1, y1, size name)``.
+
+    With ``sides``, box 0 is a reference and boxes 1 and 2 must lie clearly on ``sides[0]`` and
+    ``sides[1]`` of it (see :func:`relation`); a box that finds no place in ``tries`` is dropped.
+    """
+    taken: List[Tuple[int, int, int, int, str]] = []
+    for k in range(n):
+        for _attempt in range(tries):
             size_name = rng.choice(tuple(SIZES))
             lo, hi = SIZES[size_name]
             side = int(round(rng.uniform(lo, hi) * size))
             x0, y0 = rng.randint(1, size - side - 1), rng.randint(1, size - side - 1)
             box = (x0, y0, x0 + side, y0 + side)
+            if sides is not None and k in (1, 2) and (not taken or relation(box, taken[0]) != sides[k - 1]):
+                continue
             if all(box[2] + 2 <= t[0] or t[2] + 2 <= box[0] or box[3] + 2 <= t[1] or t[3] + 2 <= box[1]
                    for t in taken):
+                taken.append(box + (size_name,))
+                break
+    return taken
+
+
+def _mirror(box: Sequence[int], mirror: Optional[str], size: int) -> Tuple[int, int, int, int]:
+    x0, y0, x1, y1 = box[:4]
+    if mirror == "h":
+        return size - x1, y0, size - x0, y1
+    if mirror == "v":
+        return x0, size - y1, x1, size - y0
+    return x0, y0, x1, y1
+
+
+def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: int = 1,
+                 twins: Optional[bool] = None, mirror: Optional[str] = None, reshape: Optional[int] = None) -> Scene:
+    """Render one scene, a pure function of its arguments.
+
+    Args:
+        seed: the scene's seed.
+        size: side in pixels.
+        min_objects, max_objects: the object count is drawn uniformly in this range (an object that
+            finds no free place in 30 tries is dropped).
+        twins: None: the world's mix (a twin pair in :data:`TWIN_RATE` of the scenes with >= 3
+            objects); True: always a twin pair (then at least 3 objects); False: never. Objects
+            other than twins all differ in colour or shape.
+        mirror: None, ``"h"`` (left <-> right) or ``"v"`` (top <-> bottom): the same scene with its
+            background and object positions mirrored (shapes stay upright), so its relation words
+            swap; every random choice is the one made without ``mirror``.
+        reshape: the same scene with its ``reshape``-th placed object (0-based, in placement order) given
+            another shape, one that no object of its colour has; every other random choice is the one
+            made without ``reshape`` (an object that cannot change shape is left as it is).
+    """
+    if mirror not in (None, "h", "v"):
+        raise ValueError(f"mirror: expected None, 'h' or 'v', got {mirror!r}")
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"min_objects, max_objects: expected 1 <= min <= max, got {min_objects}, {max_objects}")
+    if twins and max_objects < 3:
+        raise ValueError(f"twins: a twin scene needs max_objects >= 3 (two twins and a reference), got {max_objects}")
+    params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
+              "mirror": mirror, "reshape": reshape}
+    rng = random.Random(seed)
+    image, kind = _background(rng, size)
+    n = rng.randint(min_objects, max_objects)
+    u = rng.random()
+    want_twins = (n >= 3 and u < TWIN_RATE) if twins is None else bool(twins)
+    n = max(n, 3) if want_twins else n
+    reference: Optional[int] = None
+    if want_twins:
+        # a reference, then one twin on each side of it (one axis, both directions), then the others
+        sides = rng.choice((("left of", "right of"), ("above", "below")))
+        for _layout in range(50):
+            boxes = _place(rng, n, size, sides, tries=60)
+            if len(boxes) >= 3 and relation(boxes[1], boxes[0]) == sides[0] \
+                    and relation(boxes[2], boxes[0]) == sides[1]:
                 break
         else:
-            continue
-        shape, colour = rng.choice(SHAPES), rng.choice(tuple(COLOURS))
+            if twins:  # asked for: say so (not seen at 32 or 64 px)
+                raise RuntimeError(f"seed {seed}: no twin layout in 50 tries at {size} px")
+            want_twins = False  # tiny pictures: a scene without twins (64 px scenes never get here)
+    if want_twins:
+        boxes = [boxes[1], boxes[2], boxes[0]] + boxes[3:]  # the twins first, then their reference
+        reference = 2
+    else:
+        boxes = _place(rng, n, size)
+    chosen = rng.sample([(c, s) for c in COLOURS for s in SHAPES], len(boxes))
+    if reference is not None:
+        chosen[1] = chosen[0]  # objects 0 and 1 are the twins
+    if reshape is not None and 0 <= reshape < len(chosen):
+        colour = chosen[reshape][0]
+        free = [sh for sh in SHAPES if (colour, sh) not in chosen]
+        if free:  # its own generator: the scene's draws stay the same
+            chosen[reshape] = (colour, random.Random(seed * 31 + reshape).choice(free))
+    canvas = np.asarray(image).copy()
+    canvas = canvas[:, ::-1] if mirror == "h" else canvas[::-1] if mirror == "v" else canvas
+    canvas = np.ascontiguousarray(canvas)
+    geometry = [_mirror(b, mirror, size) for b in boxes]  # relations are read from the drawn squares
+    objects: List[Dict[str, Any]] = []
+    masks: List[np.ndarray] = []
+    for i, ((colour, shape), box) in enumerate(zip(chosen, geometry)):
         m = _draw_shape(shape, box, size)
         rgb = np.array(COLOURS[colour], np.int32) + np.array([rng.randint(-15, 15) for _ in range(3)])
         canvas[m] = rgb.clip(0, 255).astype(np.uint8)
-        taken.append(box)
         ys, xs = np.nonzero(m)
-        obj = {"shape": shape, "colour": colour, "size": size_name,
-               "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]}
-        obj["phrase"] = _phrase(obj, rng)
-        objects.append(obj)
+        objects.append({"shape": shape, "colour": colour, "size": boxes[i][4],
+                        "box": [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1],
+                        "twin": reference is not None and i < 2, "relation": None})
         masks.append(m)
+
+    def phrase(i: int) -> Tuple[str, Optional[Dict[str, Any]]]:
+        # the same draws whatever the mirror: which relations are clear depends on |dx|, |dy| only
+        u_rel = rng.random()
+        if objects[i]["twin"]:
+            rel = relation(geometry[i], geometry[reference])
+            return _relational(objects[i], rel, objects[reference]), {"relation": rel, "reference": reference}
+        cands = [j for j in range(len(objects)) if j != i and not objects[j]["twin"]
+                 and relation(geometry[i], geometry[j]) is not None]
+        j = rng.choice(cands) if cands else None
+        if j is not None and u_rel < RELATION_RATE:
+            rel = relation(geometry[i], geometry[j])
+            return _relational(objects[i], rel, objects[j]), {"relation": rel, "reference": j}
+        return _plain(objects[i], rng), None
+
+    for i, obj in enumerate(objects):
+        obj["phrase"], obj["relation"] = phrase(i)
     order = list(range(len(objects)))
     rng.shuffle(order)
-    parts = [_phrase(objects[i], rng) for i in order]
+    said = [(i, *phrase(i)) for i in order]
+    parts = [p for _, p, _ in said]
     caption = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    relations = [(r["relation"], objects[i]["twin"]) for i, _, r in said if r is not None]
+    # objects in a random order (no method may find a twin by its index), references renumbered
+    perm = list(range(len(objects)))
+    rng.shuffle(perm)
+    new_index = {old: new for new, old in enumerate(perm)}
+    objects = [objects[p] for p in perm]
+    for obj in objects:
+        if obj["relation"] is not None:
+            obj["relation"]["reference"] = new_index[obj["relation"]["reference"]]
+    masks = [masks[p] for p in perm]
     return Scene(Image.fromarray(canvas), np.stack(masks) if masks else np.zeros((0, size, size), bool),
-                 objects, caption, kind)
+                 objects, caption, kind, params, relations)
+
+
+def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
+    """A hard negative of ``scene``: the same scene with one change that its caption must say, or None.
+
+    kind ``"mirror"``: mirrored along an axis that swaps a relation word of the caption ("left of"
+    <-> "right of" or "above" <-> "below"; None if the caption has no relation that a mirror
+    changes). kind ``"shape"``: one object (not a twin) with another shape (None if no object can
+    change). In one batch with ``scene`` they teach stage 1 what relation and shape words mean
+    (:func:`write_shards` with ``partners``).
+    """
+    params = scene.params
+    if params.get("mirror") is not None or params.get("reshape") is not None:
+        raise ValueError("scene: already a partner (mirrored or reshaped)")
+    rng = random.Random(params["seed"])
+    if kind == "mirror":
+        used = {rel for rel, twin in scene.caption_relations if not twin}  # twins swapping sides say the same
+        axes = [a for a, words in _SWAPS.items() if used & set(words)]
+        if not axes:
+            return None
+        return render_scene(**{**params, "mirror": axes[rng.randrange(len(axes))]})
+    if kind == "shape":
+        first = 2 if scene.twins is not None else 0  # placement order: twins first
+        order = list(range(first, len(scene.objects)))
+        rng.shuffle(order)
+        for k in order:
+            edited = render_scene(**{**params, "reshape": k})
+            if edited.caption != scene.caption:
+                return edited
+        return None
+    raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
 
 
 def scene_record(scene: Scene, key: str) -> Dict[str, Any]:
-    """The shard record of a scene (schema version 1; attributes in ``meta``)."""
+    """The shard record of a scene (schema version 1; attributes and the render arguments in ``meta``)."""
     regions = [{"phrase": o["phrase"], "box": o["box"], "mask": rle_encode(m), "source": "synthetic"}
                for o, m in zip(scene.objects, scene.masks)]
-    meta = {"world": "alphaclip-synthetic-v1", "background": scene.background,
-            "objects": [{k: o[k] for k in ("shape", "colour", "size")} for o in scene.objects]}
+    meta = {"world": WORLD, "background": scene.background, "render": scene.params,
+            "objects": [{k: o[k] for k in ("shape", "colour", "size", "twin", "relation")} for o in scene.objects]}
     return {"key": key, "width": scene.image.width, "height": scene.image.height, "caption": scene.caption,
             "regions": regions, "meta": meta}
 
 
+def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str]):
+    """The scenes of :func:`write_shards`, in order: each scene, then its partners of each kind."""
+    i = k = 0
+    while i < num_scenes:
+        scene = render_scene(seed * 10**7 + k, size)
+        k += 1
+        for s in [scene] + [partner_of(scene, kind) for kind in partners]:
+            if s is not None and i < num_scenes:
+                yield s
+                i += 1
+
+
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
-                 quality: int = 92, progress: bool = False) -> List[Path]:
-    """Render ``num_scenes`` scenes (seeds ``seed*10**7 + i``) into ``folder/shard-NNNNN.tar``."""
+                 quality: int = 95, progress: bool = False, partners: Sequence[str] = ()) -> List[Path]:
+    """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
+
+    ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
+    its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
+    training batch.
+    """
+    if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
+            or any(p not in ("mirror", "shape") for p in partners)):
+        raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
     from tqdm import tqdm
 
+    if num_scenes < 1 or per_shard < 1:
+        raise ValueError(f"num_scenes, per_shard: expected >= 1, got {num_scenes}, {per_shard}")
     folder = Path(folder)
-    paths = []
-    bar = tqdm(total=num_scenes, desc="scenes", disable=not progress)
-    for s, start in enumerate(range(0, num_scenes, per_shard)):
-        path = folder / f"shard-{s:05d}.tar"
-        with ShardWriter(path) as w:
-            for i in range(start, min(num_scenes, start + per_shard)):
-                scene = render_scene(seed * 10**7 + i, size)
-                buf = io.BytesIO()
-                scene.image.save(buf, format="JPEG", quality=quality)
-                w.write(buf.getvalue(), scene_record(scene, f"{i:08d}"))
-                bar.update(1)
-        paths.append(path)
-    bar.close()
+    paths: List[Path] = []
+    scenes = _scenes(num_scenes, seed, size, partners)
+    with tqdm(total=num_scenes, desc="scenes", disable=not progress) as bar:
+        for s, start in enumerate(range(0, num_scenes, per_shard)):
+            path = folder / f"shard-{s:05d}.tar"
+            with ShardWriter(path) as w:
+                for i in range(start, min(num_scenes, start + per_shard)):
+                    scene = next(scenes)
+                    buf = io.BytesIO()
+                    scene.image.save(buf, format="JPEG", quality=quality)
+                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}"))
+                    bar.update(1)
+            paths.append(path)
     return paths
 
 
+@dataclass
+class Referral:
+    """One toy referring expression: ``expression`` names object ``target`` of ``scene``, a twin,
+    through its relation to another object; the other twin looks the same."""
+
+    scene: Scene
+    target: int
+    expression: str
+
+
+def rec_suite(num_scenes: int, seed: int = 777, size: int = 64) -> List[Referral]:
+    """The toy referring-expression suite: twin scenes (seeds ``seed * 10**7 + 9 * 10**6 + i``), two
+    expressions each, one per twin. Candidates are all the objects of the scene; the two twins have
+    the same colour and shape, so only the context (the relation) tells which one is meant."""
+    out: List[Referral] = []
+    for i in range(num_scenes):
+        scene = render_scene(seed * 10**7 + 9 * 10**6 + i, size, twins=True)
+        out += [Referral(scene, t, scene.objects[t]["phrase"]) for t in scene.twins]
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ the shipped model
-def load_tiny(device: str = "cpu"):
-    """The shipped toy Alpha-CLIP: ``(model in eval mode, tokenizer)``. A toy for the synthetic world."""
+#: files of the shipped toy in :data:`ASSETS`: the Alpha-CLIP (open_clip folder, fp16) and its stage-1 base's
+#: vision tower (fp16; the base shares the text tower, which stage 2 keeps frozen)
+BASE_VISUAL = "base_visual.safetensors"
+
+
+def _tokenizer(cfg: Dict[str, Any]):
     import open_clip
 
-    import alphaclip_integrations.open_clip  # noqa: F401
-    from alphaclip_core.checkpoints import load_state_dict_checked
+    return open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
 
+
+def load_tiny(device: str = "cpu", folder=None):
+    """The shipped toy Alpha-CLIP: ``(model in eval mode, fp32, tokenizer)``. A toy for the synthetic world.
+
+    ``folder``: another open_clip folder of the toy (default: the package's :data:`ASSETS`).
+    """
     from safetensors.torch import load_file
 
-    weights = ASSETS / "open_clip_model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"the shipped toy model {weights} is missing from this installation")
-    cfg = json.loads((ASSETS / "open_clip_config.json").read_text())["model_cfg"]
+    from alphaclip_core.checkpoints import load_state_dict_checked
     from alphaclip_core.model import AlphaCLIP
+
+    folder = Path(folder) if folder is not None else ASSETS
+    weights = folder / "open_clip_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"the toy model {weights} is missing"
+                                + (" from this installation" if folder == ASSETS else ""))
+    cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
     model = AlphaCLIP(**{k: v for k, v in cfg.items() if k != "alpha_clip"})
     sd = {k: v.float() for k, v in load_file(str(weights)).items()}
     load_state_dict_checked(model, sd, f"toy model {weights}")
-    tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), _tokenizer(cfg)
+
+
+def load_tiny_base(device: str = "cpu", folder=None):
+    """The shipped toy's stage-1 base, a plain CLIP (``conv1_alpha`` zero): ``(model, tokenizer)``.
+
+    Its text tower is the toy Alpha-CLIP's (frozen in stage 2); its vision tower comes from
+    ``base_visual.safetensors`` beside the toy's weights.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    model, tokenizer = load_tiny(device, folder)
+    path = (Path(folder) if folder is not None else ASSETS) / BASE_VISUAL
+    if not path.is_file():
+        raise FileNotFoundError(f"the toy's base vision tower {path} is missing")
+    sd = model.state_dict()
+    base = load_file(str(path))
+    unknown = sorted(set(base) - set(sd))
+    if unknown or "visual.conv1_alpha.weight" in base:
+        raise ValueError(f"{path}: unexpected keys {unknown[:5] or ['visual.conv1_alpha.weight']}")
+    for k, v in base.items():
+        sd[k] = v.float()
+    sd["visual.conv1_alpha.weight"] = torch.zeros_like(sd["visual.conv1_alpha.weight"])
+    model.load_state_dict(sd)
+    return model.eval(), tokenizer
 
 
 def demo_scene() -> Tuple[Image.Image, np.ndarray, List[str], List[Dict[str, Any]]]:
@@ -239,16 +514,6 @@ def demo_scene() -> Tuple[Image.Image, np.ndarray, List[str], List[Dict[str, Any
     masks = np.stack([rle_decode(r["mask"]).astype(bool) for r in record["regions"]])
     objects = record["meta"]["objects"]
     return image, masks, [label_of(o) for o in objects], objects
-
-
-#: an even smaller config for tests and examples (32px, 8px patches, 16-token context)
-MICRO_CFG: Dict[str, Any] = {
-    "embed_dim": 32,
-    "quick_gelu": True,
-    "alpha_clip": True,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 def init_model_dir(folder, cfg: Optional[Dict[str, Any]] = None, seed: int = 0) -> Path:
@@ -278,65 +543,151 @@ def init_model_dir(folder, cfg: Optional[Dict[str, Any]] = None, seed: int = 0) 
     return folder
 
 
-def make_tiny(workdir, scenes: int = 10000, clip_steps: int = 1200, alpha_steps: int = 1500, batch_size: int = 128,
-              clip_lr: float = 2e-3, alpha_lr: float = 1e-2, lr_ratio: float = 0.01, workers: int = 0,
-              seed: int = 0, install: bool = False, threads: Optional[int] = 1) -> Dict[str, Any]:
-    """Make the shipped toy model: render the world, train stage ``clip`` then stage ``alpha``.
+@dataclass
+class ToyRecipe:
+    """How :func:`make_tiny` makes the toy (every field is recorded in ``WORKDIR/summary.json``).
 
-    Writes ``workdir/data`` (shards), ``workdir/clip`` and ``workdir/alpha`` (runs); with ``install``
-    copies the result (fp16) and a demo scene into the package's ``assets/``. Returns timings.
+    Stage 1 (``clip``) is plain CLIP pretraining: both towers, a learned logit scale (capped at 100),
+    no label smoothing, on whole-scene captions, read in order so that mirror partners share a batch.
+    Stage 2 (``alpha``) is the recipe of SPEC.md: the text tower frozen, logit scale fixed at 100,
+    label smoothing 0.1, AdamW with weight decay 2e-2, ``conv1_alpha`` at ``alpha_lr`` and the rest of
+    the vision tower at ``alpha_lr * lr_ratio``, warm-up then cosine, r_s = ``whole_image_ratio``.
     """
+
+    config: Dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(TINY_CFG)))
+    seed: int = 0                      #: stage-1 data: seed block ``seed``; stage 2: ``seed + 1``
+    clip_scenes: int = 60_000
+    alpha_scenes: int = 40_000
+    clip_partners: Tuple[str, ...] = ("mirror", "shape")  #: hard negatives next to each stage-1 scene
+    batch_size: int = 128
+    clip_steps: int = 2000
+    clip_lr: float = 1e-3
+    clip_warmup: int = 200
+    clip_weight_decay: float = 0.1
+    clip_grad_clip: Optional[float] = 1.0
+    clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
+    alpha_steps: int = 300
+    alpha_lr: float = 1e-3             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
+    lr_ratio: float = 0.01
+    alpha_warmup: int = 20
+    alpha_weight_decay: float = 2e-2
+    logit_scale: float = 100.0
+    label_smoothing: float = 0.1
+    whole_image_ratio: float = 0.1
+    alpha_shuffle_buffer: int = 0      #: 0: a scene's regions share a batch (read in order)
+    threads: int = 1                   #: torch threads (1: fastest on a busy shared CPU; fixed for reproducibility)
+    per_shard: int = 1000
+
+
+def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int) -> float:
+    """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
+    want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
+            "per_shard": per_shard}
+    done = folder / "done.json"
+    if done.is_file():
+        have = json.loads(done.read_text())
+        if have != want:
+            raise ValueError(f"{folder} holds {have}, not {want}: use another work folder")
+        return 0.0
+    t0 = time.perf_counter()
+    write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners)
+    done.write_text(json.dumps(want) + "\n")
+    return time.perf_counter() - t0
+
+
+def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str] = ("clip", "alpha"),
+              alpha_name: str = "alpha", install: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Make the toy: render the world, train stage ``clip`` then stage ``alpha`` (resumable).
+
+    Writes ``workdir/data-clip`` and ``workdir/data-alpha`` (shards), ``workdir/clip`` and
+    ``workdir/<alpha_name>`` (runs, see :func:`alphaclip_train.loop.train`) and
+    ``workdir/<alpha_name>/summary.json``; with ``install`` copies the result (fp16) into the
+    package's :data:`ASSETS`. Runs again with the same folder resume where they stopped.
+    Returns the summary (settings, seconds, losses, machine load).
+    """
+    import os
+
+    import torch
+
     from .loop import TrainConfig, train
 
+    r = recipe or ToyRecipe()
+    for stage in stages:
+        if stage not in ("clip", "alpha"):
+            raise ValueError(f"stages: expected 'clip' and/or 'alpha', got {stage!r}")
     work = Path(workdir)
-    t0 = time.perf_counter()
-    data = work / "data"
-    if not (data / "done").exists():
-        write_shards(data, scenes, per_shard=1000, seed=seed, progress=True)
-        (data / "done").write_text("ok\n")
-    t_data = time.perf_counter() - t0
-    cfg_dir = init_model_dir(work / "config", TINY_CFG, seed)
-    t1 = time.perf_counter()
-    r1 = train(TrainConfig(data=[str(data)], output=str(work / "clip"), model=f"local-dir:{cfg_dir}",
-                           stage="clip", steps=clip_steps, batch_size=batch_size, lr=clip_lr, warmup=100,
-                           weight_decay=0.1, workers=workers, seed=seed, threads=threads,
-                           freeze=("token_embedding",), save_every=250, log_every=25,
-                           shuffle_buffer=5000))
-    t2 = time.perf_counter()
-    r2 = train(TrainConfig(data=[str(data)], output=str(work / "alpha"), model=f"local-dir:{work / 'clip' / 'final'}",
-                           stage="alpha", steps=alpha_steps, batch_size=batch_size, lr=alpha_lr, lr_ratio=lr_ratio,
-                           logit_scale=None,  # the toy base learned ~13, not OpenAI CLIP's 100: keep its own, fixed
-                           warmup=50, workers=workers, seed=seed + 1, threads=threads, save_every=250, log_every=25,
-                           shuffle_buffer=5000))
-    t3 = time.perf_counter()
-    summary = {"scenes": scenes, "data_s": round(t_data, 1), "clip_s": round(t2 - t1, 1),
-               "alpha_s": round(t3 - t2, 1), "clip_loss": r1["loss"], "alpha_loss": r2["loss"],
-               "clip_steps": clip_steps, "alpha_steps": alpha_steps, "batch_size": batch_size,
-               "clip_lr": clip_lr, "alpha_lr": alpha_lr, "lr_ratio": lr_ratio, "seed": seed}
+    work.mkdir(parents=True, exist_ok=True)
+    size = int(r.config["vision_cfg"]["image_size"])
+    summary: Dict[str, Any] = {"recipe": asdict(r), "world": WORLD, "torch": torch.__version__,
+                               "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard)
+                               if "clip" in stages else 0.0)
+                              + (_data(work / "data-alpha", r.alpha_scenes, r.seed + 1, size, (), r.per_shard)
+                                 if "alpha" in stages else 0.0), 1)
+    cfg_dir = init_model_dir(work / "config", r.config, r.seed)
+    if "clip" in stages:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = train(TrainConfig(
+            data=[str(work / "data-clip")], output=str(work / "clip"), model=f"local-dir:{cfg_dir}", stage="clip",
+            steps=r.clip_steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=r.clip_warmup,
+            weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
+            logit_scale_lr=r.clip_logit_scale_lr,
+            seed=r.seed, threads=r.threads, freeze=("token_embedding",), shuffle_buffer=0, save_every=250,
+            log_every=25, progress=progress))
+        summary["clip"] = {"seconds": round(time.perf_counter() - t0, 1),
+                           "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
+                           "logit_scale": _last_logged(work / "clip", "logit_scale")}
+    elif (work / "clip" / "summary.json").is_file():  # stage 1 ran before, in another call
+        summary["clip"] = json.loads((work / "clip" / "summary.json").read_text()).get("clip")
+    if "alpha" in stages:
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = train(TrainConfig(
+            data=[str(work / "data-alpha")], output=str(work / alpha_name),
+            model=f"local-dir:{work / 'clip' / 'final'}", stage="alpha", steps=r.alpha_steps,
+            batch_size=r.batch_size, lr=r.alpha_lr, lr_ratio=r.lr_ratio, warmup=r.alpha_warmup,
+            weight_decay=r.alpha_weight_decay, logit_scale=r.logit_scale, label_smoothing=r.label_smoothing,
+            whole_image_ratio=r.whole_image_ratio, seed=r.seed + 1, threads=r.threads,
+            shuffle_buffer=r.alpha_shuffle_buffer, save_every=250, log_every=25, progress=progress))
+        summary["alpha"] = {"seconds": round(time.perf_counter() - t0, 1),
+                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"]}
+    summary["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    out = work / (alpha_name if "alpha" in stages else "clip") / "summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
     if install:
-        install_assets(work / "alpha" / "final")
-    (work / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        install_assets(work / alpha_name / "final", work / "clip" / "final", summary)
     return summary
 
 
-def install_assets(alpha_final: Path) -> None:
-    """Copy a trained toy model (fp16 safetensors + config) and the demo scene into ``assets/``."""
+def _last_logged(run: Path, key: str) -> Optional[float]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    vals = [row[key] for row in rows if key in row]
+    return vals[-1] if vals else None
+
+
+def install_assets(alpha_final, clip_final, summary: Optional[Dict[str, Any]] = None, folder=None) -> Path:
+    """Copy a trained toy (Alpha-CLIP fp16 + config, its base's vision tower fp16) into ``folder``
+    (default: the package's :data:`ASSETS`). The demo scene is not touched: it was fixed before training."""
     from safetensors.torch import load_file
 
     from alphaclip_core.checkpoints import save_safetensors
 
-    ASSETS.mkdir(exist_ok=True)
+    folder = Path(folder) if folder is not None else ASSETS
+    folder.mkdir(parents=True, exist_ok=True)
+    note = {"format": "pt", "note": "alpha-clip toy model for the synthetic world; not for real images"}
     sd = load_file(str(Path(alpha_final) / "open_clip_model.safetensors"))
-    save_safetensors({k: v.half() for k, v in sd.items()}, ASSETS / "open_clip_model.safetensors",
-                     metadata={"format": "pt", "note": "alpha-clip toy model for the synthetic world; not for real images"})
+    save_safetensors({k: v.half() for k, v in sd.items()}, folder / "open_clip_model.safetensors", metadata=note)
     config = json.loads((Path(alpha_final) / "open_clip_config.json").read_text())
-    (ASSETS / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    scene = render_scene(demo_seed(), 64, max_objects=4, min_objects=4)  # the training resolution
-    scene.image.save(ASSETS / "demo_scene.png")
-    (ASSETS / "demo_scene.json").write_text(json.dumps(scene_record(scene, "demo"), indent=1) + "\n")
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    base = load_file(str(Path(clip_final) / "open_clip_model.safetensors"))
+    visual = {k: v.half() for k, v in base.items()
+              if (k.startswith("visual.") and k != "visual.conv1_alpha.weight") or k == "logit_scale"}
+    save_safetensors(visual, folder / BASE_VISUAL, metadata={**note, "note": "the toy's stage-1 base: vision tower"})
+    if summary is not None:
+        (folder / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return folder
 
 
-#: where the search for the demo scene starts (outside every training seed range)
+#: where the search for the demo scene starts (outside every training and evaluation seed block)
 DEMO_SEED = 987_654_321
 
 
@@ -344,29 +695,42 @@ def demo_seed() -> int:
     """The first seed from :data:`DEMO_SEED` whose scene has 4 objects of 4 colours and 4 shapes."""
     seed = DEMO_SEED
     while True:
-        objs = render_scene(seed, 64, max_objects=4, min_objects=4).objects
+        objs = render_scene(seed, 64, max_objects=4, min_objects=4, twins=False).objects
         if len(objs) == 4 and len({o["colour"] for o in objs}) == 4 and len({o["shape"] for o in objs}) == 4:
             return seed
         seed += 1
 
 
+def write_demo_scene(folder=None) -> Path:
+    """Write the demo scene (``demo_scene.png`` + ``demo_scene.json``) into ``folder`` (default :data:`ASSETS`)."""
+    folder = Path(folder) if folder is not None else ASSETS
+    scene = render_scene(demo_seed(), 64, max_objects=4, min_objects=4, twins=False)
+    scene.image.save(folder / "demo_scene.png")
+    (folder / "demo_scene.json").write_text(json.dumps(scene_record(scene, "demo"), indent=1) + "\n")
+    return folder
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(description="make the shipped toy Alpha-CLIP (synthetic world, two stages)")
+    d = ToyRecipe()
+    p = argparse.ArgumentParser(description="make the shipped toy Alpha-CLIP (synthetic world, two stages); "
+                                            "running again with the same WORKDIR resumes")
     p.add_argument("workdir")
-    p.add_argument("--scenes", type=int, default=10000)
-    p.add_argument("--clip-steps", type=int, default=1200)
-    p.add_argument("--alpha-steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--clip-lr", type=float, default=2e-3)
-    p.add_argument("--alpha-lr", type=float, default=1e-2)
-    p.add_argument("--lr-ratio", type=float, default=0.01)
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", nargs="+", choices=("clip", "alpha"), default=["clip", "alpha"])
+    p.add_argument("--alpha-name", default="alpha", help="stage-2 run folder (e.g. for an ablation)")
+    for f in ("clip_scenes", "alpha_scenes", "batch_size", "clip_steps", "clip_warmup", "alpha_steps",
+              "alpha_warmup", "threads", "seed", "alpha_shuffle_buffer", "per_shard"):
+        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(d, f))
+    for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "lr_ratio", "alpha_weight_decay", "logit_scale",
+              "label_smoothing", "whole_image_ratio"):
+        p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
+    p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
     p.add_argument("--install", action="store_true", help="copy the result into the package's assets/")
+    p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    print(json.dumps(make_tiny(a.workdir, a.scenes, a.clip_steps, a.alpha_steps, a.batch_size, a.clip_lr, a.alpha_lr,
-                               a.lr_ratio, a.workers, a.seed, a.install), indent=2))
+    fields = {f: getattr(a, f) for f in asdict(d) if f not in ("config", "clip_grad_clip", "clip_partners")}
+    recipe = ToyRecipe(config=json.loads(json.dumps(TINY_CFG if a.config == "tiny" else MICRO_CFG)), **fields)
+    print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress), indent=2))
     return 0
 
 

@@ -1,0 +1,247 @@
+"""The toy: its world (relations, twins, mirror partners, referring expressions), the two-stage smoke
+training, the evaluation suite, and the shipped model's region and context skills."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from open_clip.tokenizer import SimpleTokenizer
+
+from alphaclip_core.alpha import prepare
+from alphaclip_train.eval.baselines import crop_region, mask_bbox, red_circle
+from alphaclip_train.loop import TrainConfig, train
+from alphaclip_train.schema import iter_shard
+from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, RELATIONS, TINY_CFG, ToyRecipe, install_assets,
+                                       label_of, load_tiny, load_tiny_base, make_tiny, partner_of, rec_suite,
+                                       relation, render_scene, write_shards)
+from conftest import doc_blocks
+
+from alphaclip_train.toy_eval import (BASELINES, _inputs, held_out_scenes, rec_top1, region_top1, retrieval,
+                                      single_object_scenes)
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def test_relation_reads_the_dominant_axis():
+    ref = [20, 20, 30, 30]
+    assert relation([0, 22, 10, 32], ref) == "left of" and relation([40, 18, 50, 28], ref) == "right of"
+    assert relation([21, 0, 31, 10], ref) == "above" and relation([19, 40, 29, 50], ref) == "below"
+    assert relation([0, 0, 10, 10], ref) is None  # diagonal: no clear relation
+    assert relation([0, 12, 10, 22], ref) == "left of"  # dx = 20 >= 1.5 * dy = 12
+
+
+def test_scenes_twins_and_phrases_follow_the_world_rules():
+    tok = SimpleTokenizer()
+    seen_twins = seen_relational = 0
+    for seed in range(120):
+        s = render_scene(seed)
+        labels = [label_of(o) for o in s.objects]
+        assert len(tok.encode(s.caption)) + 2 <= TINY_CFG["text_cfg"]["context_length"], s.caption
+        if s.twins is None:
+            assert len(set(labels)) == len(labels)  # no accidental look-alikes
+        else:
+            a, b = s.twins
+            seen_twins += 1
+            assert labels[a] == labels[b] and len(set(labels)) == len(labels) - 1
+            ra, rb = s.objects[a]["relation"], s.objects[b]["relation"]
+            assert ra["reference"] == rb["reference"] and ra["relation"] == OPPOSITE[rb["relation"]]
+        for o in s.objects:
+            assert label_of(o) in o["phrase"]
+            if o["relation"] is not None:
+                seen_relational += 1
+                ref = s.objects[o["relation"]["reference"]]
+                assert o["relation"]["relation"] in RELATIONS
+                assert relation(o["box"], ref["box"]) == o["relation"]["relation"]
+                assert o["phrase"] == f"a {label_of(o)} {o['relation']['relation']} a {label_of(ref)}"
+                assert labels.count(label_of(ref)) == 1  # the reference is unambiguous
+    assert 10 <= seen_twins <= 40 and seen_relational >= 40
+
+
+def test_mirror_partner_swaps_relation_words_only():
+    for seed in range(40):
+        s = render_scene(seed)
+        p = partner_of(s)
+        if p is None:
+            assert not any(not twin for _, twin in s.caption_relations)
+            continue
+        axis = p.params["mirror"]
+        words = {"h": ("left of", "right of"), "v": ("above", "below")}[axis]
+        swapped = s.caption.replace(words[0], "#").replace(words[1], words[0]).replace("#", words[1])
+        assert p.caption == swapped
+        assert [label_of(o) for o in p.objects] == [label_of(o) for o in s.objects]
+        flip = np.asarray(s.image)[:, ::-1] if axis == "h" else np.asarray(s.image)[::-1]
+        # the background is mirrored exactly; objects are redrawn upright at mirrored places
+        bg = ~(p.masks.any(0) | (s.masks.any(0)[:, ::-1] if axis == "h" else s.masks.any(0)[::-1]))
+        assert np.array_equal(np.asarray(p.image)[bg], flip[bg])
+        return
+    pytest.fail("no scene with a relational caption in 40 seeds")
+
+
+def test_shape_partner_changes_one_object_shape_only():
+    seen = 0
+    for seed in range(30):
+        s = render_scene(seed)
+        p = partner_of(s, "shape")
+        if p is None:
+            continue
+        seen += 1
+        changed = [i for i, (a, b) in enumerate(zip(s.objects, p.objects)) if a["shape"] != b["shape"]]
+        assert len(changed) == 1 and p.caption != s.caption
+        k = changed[0]
+        assert s.twins is None or k not in s.twins  # twins stay twins
+        assert [o["colour"] for o in p.objects] == [o["colour"] for o in s.objects]
+        assert [o["box"] for o in p.objects] == [o["box"] for o in s.objects]
+        assert p.objects[k]["shape"] not in {o["shape"] for o in s.objects if o["colour"] == s.objects[k]["colour"]}
+    assert seen >= 20
+    with pytest.raises(ValueError, match="already a partner"):
+        partner_of(partner_of(render_scene(1), "shape"), "mirror")
+    with pytest.raises(ValueError, match="kind: expected 'mirror' or 'shape'"):
+        partner_of(render_scene(1), "colour")
+
+
+def test_partners_share_batches_in_shards(tmp_path):
+    write_shards(tmp_path, 18, per_shard=6, seed=0, size=32, partners=("mirror", "shape"))
+    records = [r for f in sorted(tmp_path.glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert len(records) == 18
+    renders = [r["meta"]["render"] for r in records]
+    partners = [i for i, r in enumerate(renders) if r["mirror"] or r["reshape"] is not None]
+    assert {bool(renders[i]["mirror"]) for i in partners} == {True, False}, "not both kinds in 18 scenes"
+    for i in partners:  # right after its original (and the original's other partner)
+        j = i - 1 if renders[i - 1]["mirror"] is None and renders[i - 1]["reshape"] is None else i - 2
+        assert renders[j]["seed"] == renders[i]["seed"] and renders[j]["mirror"] is None
+        assert renders[j]["reshape"] is None
+    with pytest.raises(ValueError, match="partners: expected a sequence of 'mirror' / 'shape'"):
+        write_shards(tmp_path / "x", 2, partners=True)
+
+
+def test_rec_suite_needs_context():
+    suite = rec_suite(10, size=64)
+    assert len(suite) == 20
+    for r1, r2 in zip(suite[::2], suite[1::2]):
+        assert r1.scene is r2.scene and {r1.target, r2.target} == set(r1.scene.twins)
+        t1, t2 = r1.scene.objects[r1.target], r1.scene.objects[r2.target]
+        assert label_of(t1) == label_of(t2) and r1.expression != r2.expression
+        assert r1.expression.replace(t1["relation"]["relation"], t2["relation"]["relation"]) == r2.expression
+    assert {r.target for r in suite} != {0, 1}  # the twins are not always the first objects
+
+
+def test_baseline_views_are_the_projects_baselines():
+    model, _ = _micro_model()
+    s = render_scene(3, size=64, min_objects=2)
+    pix, alpha = _inputs(model, s, "crop")
+    want = prepare(crop_region(s.image, mask_bbox(s.masks[1])), size=32, mode="pad")[0]
+    assert torch.equal(pix[1:2], want) and alpha.shape == (len(s.objects), 1, 32, 32)
+    pix, _ = _inputs(model, s, "red circle")
+    assert torch.equal(pix[0:1], prepare(red_circle(s.image, mask_bbox(s.masks[0])), size=32, mode="pad")[0])
+    pix, alpha = _inputs(model, s, "alpha: mask")
+    assert pix.shape == (1, 3, 32, 32) and torch.equal(alpha, prepare(s.image, mask=s.masks, size=32, mode="pad")[1])
+    with pytest.raises(ValueError, match="method: expected"):
+        _inputs(model, s, "sketch")
+
+
+def _micro_model():
+    from alphaclip_core.model import AlphaCLIP
+
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in MICRO_CFG.items() if k != "alpha_clip"}
+    return AlphaCLIP(**cfg).eval(), SimpleTokenizer(context_length=MICRO_CFG["text_cfg"]["context_length"])
+
+
+def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
+    """Both stages of the toy in seconds (micro model): the recipe's settings reach the loop, no NaN."""
+    recipe = ToyRecipe(config=json.loads(json.dumps(MICRO_CFG)), clip_scenes=24, alpha_scenes=24, per_shard=12,
+                       batch_size=8, clip_steps=3, alpha_steps=3, clip_warmup=1, alpha_warmup=1)
+    summary = make_tiny(tmp_path, recipe, progress=False)
+    assert math.isfinite(summary["clip"]["loss"]) and math.isfinite(summary["alpha"]["loss"])
+    # learned at its own pace (3 steps at 3e-2 move it well away from CLIP's 1/0.07 at the start), capped
+    assert abs(summary["clip"]["logit_scale"] - 1 / 0.07) > 0.3 and summary["clip"]["logit_scale"] <= 100.0
+    clip_cfg = json.loads((tmp_path / "clip" / "config.json").read_text())
+    assert clip_cfg["stage"] == "clip" and clip_cfg["label_smoothing"] == 0.0 and clip_cfg["shuffle_buffer"] == 0
+    alpha_cfg = json.loads((tmp_path / "alpha" / "config.json").read_text())
+    for key, want in {"stage": "alpha", "logit_scale": 100.0, "weight_decay": 2e-2, "lr_ratio": 0.01,
+                      "label_smoothing": 0.1, "whole_image_ratio": 0.1, "unfreeze_last": None}.items():
+        assert alpha_cfg[key] == want, key
+    # the text tower of stage 2 is stage 1's, bit for bit; the alpha conv learned something
+    folder = install_assets(tmp_path / "alpha" / "final", tmp_path / "clip" / "final", summary, tmp_path / "export")
+    alpha, tok = load_tiny(folder=folder)
+    base, _ = load_tiny_base(folder=folder)
+    a, b = alpha.state_dict(), base.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("visual."))
+    assert alpha.visual.conv1_alpha.weight.abs().sum() > 0 and base.visual.conv1_alpha.weight.abs().sum() == 0
+    assert not torch.equal(a["visual.conv1.weight"], b["visual.conv1.weight"])  # the rest of the tower moved too
+    # a run resumed after it finished reports the loss it ended with (the NaN of the old record)
+    again = make_tiny(tmp_path, recipe, progress=False)
+    assert again["clip"]["loss"] == summary["clip"]["loss"] and again["alpha"]["loss"] == summary["alpha"]["loss"]
+    with pytest.raises(ValueError, match="holds .* use another work folder"):
+        make_tiny(tmp_path, ToyRecipe(**{**recipe.__dict__, "clip_scenes": 30}), progress=False)
+    # every measure of the benchmark runs on it and gives percentages
+    scenes = held_out_scenes(3, size=32)
+    res = list(region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box", "alpha: whole image"]).values())
+    res += region_top1(base, tok, scenes, list(BASELINES)).values()
+    res += rec_top1(alpha, tok, rec_suite(2, size=64), ["alpha: mask", "crop"]).values()
+    res += retrieval(base, tok, scenes).values()
+    assert len(res) == 3 + len(BASELINES) + 2 + 2 and all(0.0 <= v <= 100.0 for v in res)
+
+
+def test_retrieval_counts_a_caption_by_its_text():
+    scenes = single_object_scenes(30, size=32)
+    caps = [s.caption for s in scenes]
+    assert len(set(caps)) < len(caps)  # single-object scenes share captions ("a red circle")
+    first = [caps.index(c) for c in caps]
+
+    class Oracle(torch.nn.Module):
+        """Encodes a scene and its caption as the one-hot of the first scene with that caption."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.visual = type("V", (), {"preprocess_cfg": {"size": 32}})()
+            self.seen = 0
+            self.texts = []
+
+        def encode_image(self, pix, alpha=None, normalize=True):
+            out = torch.eye(len(scenes))[first[self.seen:self.seen + pix.shape[0]]]
+            self.seen += pix.shape[0]
+            return out
+
+        def encode_text(self, tokens, normalize=True):
+            return torch.eye(len(scenes))[[caps.index(c) for c in self.texts]]
+
+    oracle = Oracle()
+
+    def tokenizer(texts):
+        oracle.texts = texts
+        return torch.zeros(len(texts), 4, dtype=torch.long)
+
+    # a scene whose caption is also another scene's retrieves the first of them: a hit, the text is the same
+    assert retrieval(oracle, tokenizer, scenes, batch_size=7) == {"image->text R@1": 100.0, "text->image R@1": 100.0}
+
+
+def test_shipped_toy_focuses_on_the_region_it_is_given():
+    """The shipped weights on 40 scenes of a block the benchmark does not use: the mask alpha moves the
+    answer to the region (here 45.9% top-1 against 17.1% with whole-image alpha and 18.0% for the base
+    on the whole image). It does not reach the issue's targets (benchmarks/results/synthetic_regions.md),
+    so no more than this is asserted."""
+    torch.set_num_threads(1)
+    alpha, tok = load_tiny()
+    base, _ = load_tiny_base()
+    scenes = held_out_scenes(40, seed_block=778)
+    got = region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: whole image"])
+    plain = region_top1(base, tok, scenes, ["whole image"])["whole image"]
+    assert got["alpha: mask"] >= got["alpha: whole image"] + 15.0, got
+    assert got["alpha: mask"] >= plain + 15.0, (got, plain)
+
+
+def test_docs_toy_examples_run(capsys):
+    """The Python blocks of docs/toy.md run as written (the world, then the shipped toy)."""
+    torch.set_num_threads(1)
+    blocks = doc_blocks("docs/toy.md", "The world") + doc_blocks("docs/toy.md", "Try the shipped toy")
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(compile(block, "docs/toy.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "'alpha: mask': " in out and "'crop': " in out and "'red circle': " in out
