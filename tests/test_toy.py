@@ -20,8 +20,8 @@ from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, RELATIONS, TIN
                                        relation, render_scene, write_shards)
 from conftest import doc_blocks
 
-from alphaclip_train.toy_eval import (BASELINES, _inputs, held_out_scenes, rec_top1, region_top1, retrieval,
-                                      single_object_scenes)
+from alphaclip_train.toy_eval import (BASELINES, _inputs, alpha_embedding_share, held_out_scenes, rec_top1,
+                                      region_top1, retrieval, single_object_scenes)
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -245,3 +245,32 @@ def test_docs_toy_examples_run(capsys):
         exec(compile(block, "docs/toy.md", "exec"), {})
     out = capsys.readouterr().out
     assert "'alpha: mask': " in out and "'crop': " in out and "'red circle': " in out
+
+
+def test_alpha_embedding_share_measures_the_alpha_patch_embedding_against_the_pictures():
+    """0 for a zero alpha conv; for the shipped toy, the mean per-patch ratio of the two patch
+    embeddings computed by hand; bad input named."""
+    import types
+
+    from alphaclip_core.regions import preprocess_params
+
+    torch.set_num_threads(1)
+    alpha, _ = load_tiny()
+    zeroed, _ = load_tiny()
+    with torch.no_grad():
+        zeroed.visual.conv1_alpha.weight.zero_()
+    scenes = held_out_scenes(3, seed_block=778)
+    assert alpha_embedding_share(zeroed, scenes) == 0.0
+    got = alpha_embedding_share(alpha, scenes)
+    v, by_hand = alpha.visual, []
+    for s in scenes:
+        pix, a = prepare(s.image, mode="pad", **preprocess_params(alpha))
+        with torch.no_grad():
+            dt = v.conv1.weight.dtype
+            by_hand.append(float((v.conv1_alpha(a.to(dt)).float().norm(dim=1)
+                                  / v.conv1(pix.to(dt)).float().norm(dim=1)).mean()))
+    assert got > 0 and math.isclose(got, sum(by_hand) / len(by_hand), rel_tol=1e-5), (got, by_hand)
+    with pytest.raises(TypeError, match="^model: expected an Alpha-CLIP whose visual tower has conv1_alpha, got Linear"):
+        alpha_embedding_share(types.SimpleNamespace(visual=torch.nn.Linear(2, 2)), scenes)
+    with pytest.raises(ValueError, match="^scenes: expected at least one scene"):
+        alpha_embedding_share(alpha, [])

@@ -14,6 +14,8 @@ paired transform :func:`alphaclip_core.prepare`, and the plain-CLIP region views
   the context tells.
 * :func:`retrieval`: whole-scene caption <-> image retrieval (R@1), whole-image input.
 * :func:`zero_shot`: single-object scenes classified from the whole image.
+* :func:`alpha_embedding_share`: a diagnostic, not a table of the paper: how large the alpha patch
+  embedding is against the picture's under whole-image alpha (0 for a fresh zero-initialised alpha conv).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .eval.baselines import baseline_view, crop_region, mask_bbox
 from .synthetic import LABELS, Referral, Scene, label_of, render_scene
 
 __all__ = ["BASELINES", "ALPHA_INPUTS", "TEMPLATES", "SEED_BLOCK", "held_out_scenes", "single_object_scenes", "partner_top1",
-           "region_top1", "rec_top1", "retrieval", "zero_shot", "demo_scores"]
+           "region_top1", "rec_top1", "retrieval", "zero_shot", "demo_scores", "alpha_embedding_share"]
 
 #: plain-CLIP ways of showing one region (the paper's baselines), by the names the results use
 BASELINES: Dict[str, str] = {"whole image": "whole", "crop": "crop", "crop + margin": "crop_margin",
@@ -207,3 +209,31 @@ def demo_scores(model, tokenizer: Callable):
     image, masks, truth, _ = demo_scene()
     scores = classify_regions(model, tokenizer, image, list(LABELS), mask=masks, templates=list(TEMPLATES), mode="pad")
     return scores, truth, [scores.top(i, 1)[0][0] for i in range(len(truth))]
+
+
+@torch.no_grad()
+def alpha_embedding_share(model, scenes: Sequence[Scene]) -> float:
+    """Mean over patches and scenes of ``|conv1_alpha(alpha)| / |conv1(pixels)|`` under whole-image alpha.
+
+    The per-patch L2 norms over the embedding channels of the two patch embeddings that the tower adds
+    up (``model.visual.conv1`` and ``conv1_alpha``, an :class:`~alphaclip_core.AlphaVisionTransformer`).
+    0.0 for a zero-initialised alpha conv (the tower then equals its base). Well above 1 means the alpha
+    path drowns the picture for whole-image input: what stage 2 did to the toy (issue 19's diagnosis:
+    flat-colour patches give small RGB responses, while the constant whole-image alpha reaches the
+    alpha kernel's sum, which AdamW grows by about lr per step).
+    """
+    visual = model.visual
+    if not hasattr(visual, "conv1_alpha"):
+        raise TypeError(f"model: expected an Alpha-CLIP whose visual tower has conv1_alpha, got "
+                        f"{type(visual).__name__}")
+    if not scenes:
+        raise ValueError("scenes: expected at least one scene")
+    p = preprocess_params(model)
+    ratios = []
+    for scene in scenes:
+        pix, alpha = prepare(scene.image, mode="pad", **p)
+        dtype = visual.conv1.weight.dtype
+        rgb = visual.conv1(pix.to(dtype)).float().norm(dim=1)
+        alp = visual.conv1_alpha(alpha.to(dtype)).float().norm(dim=1)
+        ratios.append((alp / rgb.clamp_min(1e-12)).mean())
+    return float(torch.stack(ratios).mean())
