@@ -105,7 +105,7 @@ class TrainConfig:
     whole_image_ratio: float = 0.1          #: r_s (stage clip always uses 1.0)
     unfreeze_last: Optional[int] = None     #: train only conv1_alpha + the last N blocks (+ ln_post, proj)
     freeze: Tuple[str, ...] = ()            #: parameter-name prefixes kept frozen (e.g. "token_embedding")
-    precision: str = "fp32"                 #: fp32, bf16, fp16 (autocast + grad scaler); see BF16_MODES
+    precision: str = "fp32"                 #: one of PRECISIONS (fp16: autocast + grad scaler)
     grad_checkpointing: bool = False
     mode: str = "crop"                      #: paired transform geometry
     workers: int = 0

@@ -421,8 +421,17 @@ def _plain_cosine(model: torch.nn.Module, pixels: torch.Tensor, classifier: torc
     return torch.cat(out)
 
 
-def _split(cos: torch.Tensor, counts: Sequence[int]) -> List[torch.Tensor]:
-    return list(torch.split(cos, list(counts)))
+def _assign_predictions(recs: Dict[int, Dict[str, Any]], items: Sequence[Dict[str, Any]], cos: torch.Tensor,
+                        counts: Sequence[int], methods: Sequence[str], inverses: Sequence[Sequence[int]],
+                        rows: List[int]) -> None:
+    """Rank each item's rows of ``cos`` (``[sum(counts), C]``, ``counts[i]`` rows for item i) and record
+    method ``m``'s ranking (its row ``inverses[i][m]`` after deduplication); count requested/encoded rows."""
+    for it, c, inverse in zip(items, torch.split(cos, list(counts)), inverses):
+        ranked = ranked_predictions(c).tolist()
+        for m, u in zip(methods, inverse):
+            recs[it["i"]]["pred"][m] = ranked[u]
+    rows[0] += len(methods) * len(items)
+    rows[1] += sum(counts)
 
 
 def run_settings(dataset: "ImageNetS", classifier: torch.Tensor, alpha_model: Optional[torch.nn.Module],
@@ -545,22 +554,14 @@ def evaluate(dataset: ImageNetS, classifier: torch.Tensor, alpha_model: Optional
                 pix = torch.cat([it["alpha"][0].expand(it["alpha"][1].shape[0], -1, -1, -1) for it in with_alpha])
                 cos = score_regions(alpha_model, pix, torch.cat([it["alpha"][1] for it in with_alpha]), classifier,
                                     rows_per_forward).cpu()
-                for it, c in zip(with_alpha, _split(cos, [it["alpha"][1].shape[0] for it in with_alpha])):
-                    ranked = ranked_predictions(c).tolist()
-                    for m, u in zip(alpha_methods, it["alpha"][2]):
-                        recs[it["i"]]["pred"][m] = ranked[u]
-                rows["alpha"][0] += len(alpha_methods) * len(with_alpha)
-                rows["alpha"][1] += pix.shape[0]
+                _assign_predictions(recs, with_alpha, cos, [it["alpha"][1].shape[0] for it in with_alpha],
+                                    alpha_methods, [it["alpha"][2] for it in with_alpha], rows["alpha"])
             with_plain = [it for it in batch if "plain" in it]
             if with_plain:
                 pix = torch.cat([it["plain"][0] for it in with_plain])
                 cos = _plain_cosine(plain_model, pix, plain_classifier, rows_per_forward)
-                for it, c in zip(with_plain, _split(cos, [it["plain"][0].shape[0] for it in with_plain])):
-                    ranked = ranked_predictions(c).tolist()
-                    for m, u in zip(plain_methods, it["plain"][1]):
-                        recs[it["i"]]["pred"][m] = ranked[u]
-                rows["plain"][0] += len(plain_methods) * len(with_plain)
-                rows["plain"][1] += pix.shape[0]
+                _assign_predictions(recs, with_plain, cos, [it["plain"][0].shape[0] for it in with_plain],
+                                    plain_methods, [it["plain"][1] for it in with_plain], rows["plain"])
             done.update(recs)
             if log is not None:
                 log.extend(recs.values())
