@@ -148,7 +148,10 @@ def main() -> int:
         run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
         if run_cfg.is_file():
             cfg = json.loads(run_cfg.read_text())
-            ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio")})
+            start = str(cfg.get("model", ""))
+            scale = start.rsplit("clip-start-x", 1)[1] if "clip-start-x" in start else "1"
+            ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio"), "lr": cfg.get("lr"),
+                                    "label_smoothing": cfg.get("label_smoothing"), "patch_scale": scale})
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
@@ -195,10 +198,12 @@ def render_markdown(out: dict) -> str:
               for k, v in out["retrieval"].items()]
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
-                  "| run | stage-2 steps | region top-1, mask alpha | REC, mask alpha | image->text R@1 | "
-                  "text->image R@1 |", "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {v.get('steps', '?')} | {v['region mask alpha']:.1f} | {v['rec mask alpha']:.1f} | "
-                  f"{v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |" for k, v in out["ablations"].items()]
+                  "| run | stage-2 steps | lr | label smoothing | patch scale | r_s | region top-1, mask alpha | "
+                  "REC, mask alpha | image->text R@1 | text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
+                  f"{v.get('patch_scale', '?')} | {v.get('r_s', '?')} | {v['region mask alpha']:.1f} | "
+                  f"{v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |"
+                  for k, v in out["ablations"].items()]
     demo = out["demo"]
     lines += ["", "## The demo scene (`alphaclip demo`)", "", "| region | truth | top-1 | |", "|---|---|---|---|"]
     lines += [f"| {i + 1} | {t} | {b} | {'ok' if c else 'WRONG'} |"
