@@ -148,10 +148,13 @@ def main() -> int:
         run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
         if run_cfg.is_file():
             cfg = json.loads(run_cfg.read_text())
-            start = str(cfg.get("model", ""))
-            scale = start.rsplit("clip-start-x", 1)[1] if "clip-start-x" in start else "1"
+            # the patch scale is not a training setting: make_tiny's summary beside it records the recipe
+            summary = Path(path).parent / "summary.json"
+            recipe = json.loads(summary.read_text()).get("recipe", {}) if summary.is_file() else {}
+            scale = recipe.get("patch_scale")
             ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio"), "lr": cfg.get("lr"),
-                                    "label_smoothing": cfg.get("label_smoothing"), "patch_scale": scale})
+                                    "label_smoothing": cfg.get("label_smoothing"),
+                                    "patch_scale": "?" if scale is None else f"{scale:g}"})
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}

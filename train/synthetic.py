@@ -662,6 +662,10 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     return summary
 
 
+#: the vision tower's tensors that :func:`rescale_patch_embedding` scales
+_PATCH_EMBEDDING = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding")
+
+
 def rescale_patch_embedding(src, dst, factor: float) -> Path:
     """Copy the open_clip folder ``src`` to ``dst`` with the vision tower's patch embedding scaled.
 
@@ -689,9 +693,6 @@ def rescale_patch_embedding(src, dst, factor: float) -> Path:
     (dst / "open_clip_config.json").write_text((src / "open_clip_config.json").read_text())
     return dst
 
-
-#: the vision tower's tensors that :func:`rescale_patch_embedding` scales
-_PATCH_EMBEDDING = ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding")
 
 
 def _stage2_start(work: Path, patch_scale: float) -> Path:
