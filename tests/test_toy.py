@@ -118,6 +118,31 @@ def test_partners_share_batches_in_shards(tmp_path):
         write_shards(tmp_path / "x", 2, partners=True)
 
 
+def test_region_phrases_world_labels_twins(tmp_path):
+    paths = {policy: write_shards(tmp_path / policy, 40, per_shard=40, seed=3, region_phrases=policy)
+             for policy in ("world", "labels", "twins")}
+    recs = {policy: [r for f in fs for _, _, r in iter_shard(f)] for policy, fs in paths.items()}
+    seen = {"twin": 0, "relational": 0, "sized": 0}
+    for world, labels, twins in zip(recs["world"], recs["labels"], recs["twins"]):
+        assert world["caption"] == labels["caption"] == twins["caption"]  # only region phrases change
+        for i, o in enumerate(world["meta"]["objects"]):
+            label = f"a {o['colour']} {o['shape']}"
+            phrase = world["regions"][i]["phrase"]
+            seen["relational"] += o["relation"] is not None and not o["twin"]
+            seen["sized"] += phrase.split()[1] in ("small", "large")
+            assert labels["regions"][i]["phrase"] == label and labels["meta"]["objects"][i]["relation"] is None
+            if o["twin"]:
+                seen["twin"] += 1
+                assert o["relation"] is not None and o["relation"]["relation"] in phrase
+                assert twins["regions"][i]["phrase"] == phrase and twins["meta"]["objects"][i]["relation"] == o["relation"]
+            else:
+                assert twins["regions"][i]["phrase"] == label and twins["meta"]["objects"][i]["relation"] is None
+            assert labels["regions"][i]["mask"] == world["regions"][i]["mask"]
+    assert min(seen.values()) >= 2, seen  # every kind of phrase was rewritten at least twice
+    with pytest.raises(ValueError, match="region_phrases: expected one of"):
+        write_shards(tmp_path / "x", 2, region_phrases="plain")
+
+
 def test_rec_suite_needs_context():
     suite = rec_suite(10, size=64)
     assert len(suite) == 20
@@ -166,6 +191,12 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
                       "label_smoothing": 0.0, "whole_image_ratio": 0.1, "unfreeze_last": None}.items():
         assert alpha_cfg[key] == want, key
     assert alpha_cfg["model"] == f"local-dir:{tmp_path / 'clip-start-x10'}"  # stage 1's result, patch embedding x 10
+    # stage 2 reads the labels as region phrases; stage 1 the world's captions
+    assert json.loads((tmp_path / "data-alpha-labels" / "done.json").read_text())["region_phrases"] == "labels"
+    assert "region_phrases" not in json.loads((tmp_path / "data-clip" / "done.json").read_text())
+    stage2 = [r for f in sorted((tmp_path / "data-alpha-labels").glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert [g["phrase"] for r in stage2 for g in r["regions"]] == \
+        [f"a {o['colour']} {o['shape']}" for r in stage2 for o in r["meta"]["objects"]]
     # the text tower of stage 2 is stage 1's, bit for bit; the alpha conv learned something
     folder = install_assets(tmp_path / "alpha" / "final", tmp_path / "clip" / "final", summary, tmp_path / "export")
     alpha, tok = load_tiny(folder=folder)
@@ -179,6 +210,11 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     assert again["clip"]["loss"] == summary["clip"]["loss"] and again["alpha"]["loss"] == summary["alpha"]["loss"]
     with pytest.raises(ValueError, match="holds .* use another work folder"):
         make_tiny(tmp_path, ToyRecipe(**{**recipe.__dict__, "clip_scenes": 30}), progress=False)
+    # an ablation with the world's phrases, beside it in the same work folder: its own data, its own run
+    world = make_tiny(tmp_path, ToyRecipe(**{**recipe.__dict__, "alpha_region_phrases": "world"}), ("alpha",),
+                      alpha_name="world", progress=False)
+    assert world["recipe"]["alpha_region_phrases"] == "world" and math.isfinite(world["alpha"]["loss"])
+    assert json.loads((tmp_path / "world" / "config.json").read_text())["data"] == [str(tmp_path / "data-alpha")]
     # every measure of the benchmark runs on it and gives percentages
     scenes = held_out_scenes(3, size=32)
     res = list(region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box", "alpha: whole image"]).values())
@@ -224,17 +260,17 @@ def test_retrieval_counts_a_caption_by_its_text():
 
 def test_shipped_toy_focuses_on_the_region_it_is_given():
     """The shipped weights on 40 scenes of a block the benchmark does not use: the mask alpha moves the
-    answer to the region (here 56.8% top-1 against 19.8% with whole-image alpha and 21.6% for the base
-    on the whole image). It does not reach the issue's targets (benchmarks/results/synthetic_regions.md),
-    so no more than this is asserted."""
+    answer to the region (here 79.3% top-1 against 19.8% with whole-image alpha and 21.6% for the base
+    on the whole image). It does not reach all of the issue's targets
+    (benchmarks/results/synthetic_regions.md), so no more than this is asserted."""
     torch.set_num_threads(1)
     alpha, tok = load_tiny()
     base, _ = load_tiny_base()
     scenes = held_out_scenes(40, seed_block=778)
     got = region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: whole image"])
     plain = region_top1(base, tok, scenes, ["whole image"])["whole image"]
-    assert got["alpha: mask"] >= got["alpha: whole image"] + 15.0, got
-    assert got["alpha: mask"] >= plain + 15.0, (got, plain)
+    assert got["alpha: mask"] >= got["alpha: whole image"] + 40.0, got
+    assert got["alpha: mask"] >= plain + 40.0, (got, plain)
 
 
 def test_docs_toy_examples_run(capsys):

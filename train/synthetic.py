@@ -44,7 +44,7 @@ from .schema import ShardWriter
 __all__ = ["SHAPES", "COLOURS", "SIZES", "LABELS", "RELATIONS", "WORLD", "Scene", "Referral", "relation",
            "render_scene", "partner_of", "scene_record", "write_shards", "rec_suite", "label_of", "TINY_CFG",
            "MICRO_CFG", "ToyRecipe", "init_model_dir", "ASSETS", "load_tiny", "load_tiny_base", "demo_scene",
-           "make_tiny", "DEMO_SEED", "demo_seed", "rescale_patch_embedding"]
+           "make_tiny", "DEMO_SEED", "demo_seed", "rescale_patch_embedding", "REGION_PHRASES"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ TWIN_RATE = 0.5
 RELATION_RATE = 0.35
 #: a relation holds only when the offset along the dominant axis is this many times the other one
 CLEAR = 1.5
+#: what a shard's region phrases say (:func:`scene_record`): the world's phrases, the labels only,
+#: or the labels with the twins' relational phrases
+REGION_PHRASES: Tuple[str, ...] = ("world", "labels", "twins")
 _SWAPS = {"h": ("left of", "right of"), "v": ("above", "below")}
 
 #: open_clip config of the shipped toy model (chosen by measurement, see docs/toy.md)
@@ -371,12 +374,31 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
     raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
 
 
-def scene_record(scene: Scene, key: str) -> Dict[str, Any]:
-    """The shard record of a scene (schema version 1; attributes and the render arguments in ``meta``)."""
-    regions = [{"phrase": o["phrase"], "box": o["box"], "mask": rle_encode(m), "source": "synthetic"}
-               for o, m in zip(scene.objects, scene.masks)]
+def _said(obj: Dict[str, Any], region_phrases: str) -> Tuple[str, Optional[Dict[str, Any]]]:
+    """An object's region phrase and its relation under ``region_phrases`` (see :func:`scene_record`)."""
+    if region_phrases == "world" or (region_phrases == "twins" and obj["twin"]):
+        return obj["phrase"], obj["relation"]
+    return f"a {label_of(obj)}", None
+
+
+def scene_record(scene: Scene, key: str, region_phrases: str = "world") -> Dict[str, Any]:
+    """The shard record of a scene (schema version 1; attributes and the render arguments in ``meta``).
+
+    ``region_phrases`` (one of :data:`REGION_PHRASES`) says what the regions' phrases are: ``"world"``
+    each object's phrase as drawn (plain, with or without a size word, or relational); ``"labels"``
+    every object's label ("a red circle": no size word, no relation); ``"twins"`` the labels, except
+    for the twins, which keep their relational phrases (the only phrases that need the context). An
+    object's ``meta`` relation is that of the phrase written (None for a label). The caption is the
+    world's in every case.
+    """
+    if region_phrases not in REGION_PHRASES:
+        raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
+    said = [_said(o, region_phrases) for o in scene.objects]
+    regions = [{"phrase": phrase, "box": o["box"], "mask": rle_encode(m), "source": "synthetic"}
+               for (phrase, _), o, m in zip(said, scene.objects, scene.masks)]
     meta = {"world": WORLD, "background": scene.background, "render": scene.params,
-            "objects": [{k: o[k] for k in ("shape", "colour", "size", "twin", "relation")} for o in scene.objects]}
+            "objects": [{**{k: o[k] for k in ("shape", "colour", "size", "twin")}, "relation": rel}
+                        for (_, rel), o in zip(said, scene.objects)]}
     return {"key": key, "width": scene.image.width, "height": scene.image.height, "caption": scene.caption,
             "regions": regions, "meta": meta}
 
@@ -394,16 +416,19 @@ def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str]):
 
 
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
-                 quality: int = 95, progress: bool = False, partners: Sequence[str] = ()) -> List[Path]:
+                 quality: int = 95, progress: bool = False, partners: Sequence[str] = (),
+                 region_phrases: str = "world") -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
     ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
     its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
-    training batch.
+    training batch. ``region_phrases``: what the regions' phrases say (:func:`scene_record`).
     """
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
+    if region_phrases not in REGION_PHRASES:
+        raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
     from tqdm import tqdm
 
     if num_scenes < 1 or per_shard < 1:
@@ -419,7 +444,7 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
                     scene = next(scenes)
                     buf = io.BytesIO()
                     scene.image.save(buf, format="JPEG", quality=quality)
-                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}"))
+                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}", region_phrases))
                     bar.update(1)
             paths.append(path)
     return paths
@@ -550,8 +575,9 @@ class ToyRecipe:
     Stage 1 (``clip``) is plain CLIP pretraining: both towers, a learned logit scale (capped at 100),
     no label smoothing, on whole-scene captions, read in order so that mirror partners share a batch.
     Stage 2 (``alpha``) is the recipe of SPEC.md: the text tower frozen, logit scale fixed at 100,
-    label smoothing 0.1, AdamW with weight decay 2e-2, ``conv1_alpha`` at ``alpha_lr`` and the rest of
-    the vision tower at ``alpha_lr * lr_ratio``, warm-up then cosine, r_s = ``whole_image_ratio``.
+    AdamW with weight decay 2e-2, ``conv1_alpha`` at ``alpha_lr`` and the rest of the vision tower at
+    ``alpha_lr * lr_ratio``, warm-up then cosine, r_s = ``whole_image_ratio``; with two measured
+    departures (no label smoothing, ``patch_scale``), on region phrases chosen by ``alpha_region_phrases``.
     """
 
     config: Dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(TINY_CFG)))
@@ -566,7 +592,7 @@ class ToyRecipe:
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
     clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
-    alpha_steps: int = 300
+    alpha_steps: int = 600
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     #: stage 2 starts from the base with its patch embedding (conv1, class and positional embedding)
     #: multiplied by this: the same function (ln_pre follows), against which the alpha conv's steps are
@@ -579,14 +605,21 @@ class ToyRecipe:
     label_smoothing: float = 0.0       #: SPEC's 0.1 measured worse on the toy (docs/toy.md, ablations)
     whole_image_ratio: float = 0.1
     alpha_shuffle_buffer: int = 0      #: 0: a scene's regions share a batch (read in order)
+    #: stage 2's region phrases (:func:`scene_record`): the labels. The world's phrases, and the twins'
+    #: relational phrases alone, measured worse (docs/toy.md): the base's text tower reads a relational
+    #: phrase as a bag of both objects, so the reference object's region matches it as well as the target's
+    alpha_region_phrases: str = "labels"
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
 
-def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int) -> float:
+def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int,
+          region_phrases: str = "world") -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
     want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
             "per_shard": per_shard}
+    if region_phrases != "world":  # folders of the world's phrases keep the record they were made with
+        want["region_phrases"] = region_phrases
     done = folder / "done.json"
     if done.is_file():
         have = json.loads(done.read_text())
@@ -594,16 +627,22 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
             raise ValueError(f"{folder} holds {have}, not {want}: use another work folder")
         return 0.0
     t0 = time.perf_counter()
-    write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners)
+    write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners,
+                 region_phrases=region_phrases)
     done.write_text(json.dumps(want) + "\n")
     return time.perf_counter() - t0
+
+
+def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
+    """Stage 2's data folder: ``data-alpha`` for the world's phrases, ``data-alpha-<region_phrases>`` otherwise."""
+    return work / ("data-alpha" if r.alpha_region_phrases == "world" else f"data-alpha-{r.alpha_region_phrases}")
 
 
 def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str] = ("clip", "alpha"),
               alpha_name: str = "alpha", install: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Make the toy: render the world, train stage ``clip`` then stage ``alpha`` (resumable).
 
-    Writes ``workdir/data-clip`` and ``workdir/data-alpha`` (shards), ``workdir/clip`` and
+    Writes ``workdir/data-clip`` and ``workdir/data-alpha-<region phrases>`` (shards), ``workdir/clip`` and
     ``workdir/<alpha_name>`` (runs, see :func:`alphaclip_train.loop.train`) and
     ``workdir/<alpha_name>/summary.json``; with ``install`` copies the result (fp16) into the
     package's :data:`ASSETS`. Runs again with the same folder resume where they stopped.
@@ -626,7 +665,8 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard)
                                if "clip" in stages else 0.0)
-                              + (_data(work / "data-alpha", r.alpha_scenes, r.seed + 1, size, (), r.per_shard)
+                              + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
+                                       r.alpha_region_phrases)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
     if "clip" in stages:
@@ -646,7 +686,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     if "alpha" in stages:
         t0, c0 = time.perf_counter(), time.process_time()
         res = train(TrainConfig(
-            data=[str(work / "data-alpha")], output=str(work / alpha_name),
+            data=[str(_alpha_data(work, r))], output=str(work / alpha_name),
             model=f"local-dir:{_stage2_start(work, r.patch_scale)}", stage="alpha", steps=r.alpha_steps,
             batch_size=r.batch_size, lr=r.alpha_lr, lr_ratio=r.lr_ratio, warmup=r.alpha_warmup,
             weight_decay=r.alpha_weight_decay, logit_scale=r.logit_scale, label_smoothing=r.label_smoothing,
@@ -767,6 +807,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "patch_scale", "lr_ratio", "alpha_weight_decay", "logit_scale",
               "label_smoothing", "whole_image_ratio"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
+    p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
+                   help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
     p.add_argument("--install", action="store_true", help="copy the result into the package's assets/")
     p.add_argument("--no-progress", action="store_true")
