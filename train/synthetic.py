@@ -16,7 +16,8 @@ The shipped model (:func:`load_tiny`, used by ``alphaclip demo``) was made by :f
 with this module's ``python -m alphaclip_train.synthetic`` entry point:
 
 1. stage ``clip``: a CLIP trained from scratch on whole-scene captions (learned logit scale, capped at 100);
-2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on region phrases with the recipe of SPEC.md.
+2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on the regions' labels with the recipe of SPEC.md
+   (two measured departures; see :class:`ToyRecipe`).
 
 Both stages use :func:`alphaclip_train.loop.train`. The model is a toy: it knows 4 shapes x 6
 colours x 2 sizes and 4 relations on 64-pixel pictures, nothing about the real world.
