@@ -8,7 +8,7 @@ Scores the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) a
   background blurred, red circle);
 * the toy referring-expression suite (twins told apart only by context);
 * whole-scene retrieval R@1 (base vs Alpha-CLIP with whole-image alpha) and single-object zero-shot;
-* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask-alpha top-1, REC and retrieval;
+* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask- and box-alpha top-1, REC and retrieval;
 * the demo scene (what ``alphaclip demo`` prints), and every target of issue 19 with met / not met.
 
     python benchmarks/synthetic_regions.py                       # the shipped model, a few minutes
@@ -111,7 +111,7 @@ def main() -> int:
     ap.add_argument("--seed-block", type=int, default=SEED_BLOCK, help="held-out seed block (training: 0 and 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
-                    help="another stage-2 model of the same base (open_clip folder): mask alpha, REC, retrieval")
+                    help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
@@ -142,7 +142,8 @@ def main() -> int:
             ap.error(f"--ablation: expected NAME=FOLDER, got {item!r}")
         name, path = item.rsplit("=", 1)  # names may hold "=" (r_s=0.1)
         m = _visual_swap(alpha, Path(path))
-        ablations[name] = {"region mask alpha": region_top1(m, tok, scenes, ["alpha: mask"])["alpha: mask"],
+        top1 = region_top1(m, tok, scenes, ["alpha: mask", "alpha: box"])
+        ablations[name] = {"region mask alpha": top1["alpha: mask"], "region box alpha": top1["alpha: box"],
                            "rec mask alpha": rec_top1(m, tok, suite, ["alpha: mask"])["alpha: mask"],
                            **retrieval(m, tok, rscenes)}
         run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
@@ -204,11 +205,11 @@ def render_markdown(out: dict) -> str:
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
                   "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | r_s | "
-                  "region top-1, mask alpha | REC, mask alpha | image->text R@1 | text->image R@1 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
+                  "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('r_s', '?')} | "
-                  f"{v['region mask alpha']:.1f} | "
+                  f"{v['region mask alpha']:.1f} | {v['region box alpha']:.1f} | "
                   f"{v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |"
                   for k, v in out["ablations"].items()]
     demo = out["demo"]
