@@ -375,6 +375,11 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
     raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
 
 
+def _check_region_phrases(region_phrases: str) -> None:
+    if region_phrases not in REGION_PHRASES:
+        raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
+
+
 def _said(obj: Dict[str, Any], region_phrases: str) -> Tuple[str, Optional[Dict[str, Any]]]:
     """An object's region phrase and its relation under ``region_phrases`` (see :func:`scene_record`)."""
     if region_phrases == "world" or (region_phrases == "twins" and obj["twin"]):
@@ -392,8 +397,7 @@ def scene_record(scene: Scene, key: str, region_phrases: str = "world") -> Dict[
     object's ``meta`` relation is that of the phrase written (None for a label). The caption is the
     world's in every case.
     """
-    if region_phrases not in REGION_PHRASES:
-        raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
+    _check_region_phrases(region_phrases)
     said = [_said(o, region_phrases) for o in scene.objects]
     regions = [{"phrase": phrase, "box": o["box"], "mask": rle_encode(m), "source": "synthetic"}
                for (phrase, _), o, m in zip(said, scene.objects, scene.masks)]
@@ -428,8 +432,7 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
-    if region_phrases not in REGION_PHRASES:
-        raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
+    _check_region_phrases(region_phrases)
     from tqdm import tqdm
 
     if num_scenes < 1 or per_shard < 1:
