@@ -590,13 +590,13 @@ class ToyRecipe:
     alpha_scenes: int = 40_000
     clip_partners: Tuple[str, ...] = ("mirror", "shape")  #: hard negatives next to each stage-1 scene
     batch_size: int = 128
-    clip_steps: int = 3000
+    clip_steps: int = 4000
     clip_lr: float = 1e-3
     clip_warmup: int = 200
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
     clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
-    alpha_steps: int = 600
+    alpha_steps: int = 1200
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     #: stage 2 starts from the base with its patch embedding (conv1, class and positional embedding)
     #: multiplied by this: the same function (ln_pre follows), against which the alpha conv's steps are
