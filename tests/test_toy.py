@@ -273,6 +273,42 @@ def test_shipped_toy_focuses_on_the_region_it_is_given():
     assert got["alpha: mask"] >= plain + 40.0, (got, plain)
 
 
+def _md_table(text: str, heading: str) -> str:
+    """The first Markdown table after the heading ``heading`` (its lines, joined)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.lstrip("#").strip().startswith(heading))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            break
+    assert len(rows) >= 3, (heading, rows)
+    return "\n".join(rows)
+
+
+def test_docs_show_the_committed_toy_results():
+    """The results Markdown is what the benchmark renders from its JSON (nobody edited it by hand), and
+    README.md, docs/toy.md and docs/training.md show its tables verbatim, so prose and numbers agree."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("synthetic_regions", ROOT / "benchmarks" / "synthetic_regions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = ROOT / "benchmarks" / "results"
+    out = json.loads((results / "synthetic_regions.json").read_text())
+    md = (results / "synthetic_regions.md").read_text()
+    assert md == bench.render_markdown(out) + "\n"
+    assert [c["holds"] for c in out["claims"]] == [h for *_, h in bench.claims(out)]
+    claims, goals = _md_table(md, "Claims checked"), _md_table(md, "Targets (issue 19)")
+    assert claims in (ROOT / "README.md").read_text()
+    toy = (ROOT / "docs" / "toy.md").read_text()
+    assert claims in toy and goals in toy
+    assert goals in (ROOT / "docs" / "training.md").read_text()
+
+
 def test_docs_toy_examples_run(capsys):
     """The Python blocks of docs/toy.md run as written (the world, then the shipped toy)."""
     torch.set_num_threads(1)
