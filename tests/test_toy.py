@@ -143,6 +143,41 @@ def test_region_phrases_world_labels_twins(tmp_path):
         write_shards(tmp_path / "x", 2, region_phrases="plain")
 
 
+def test_box_rate_writes_some_regions_as_boxes_and_training_reads_their_rectangle(tmp_path):
+    from alphaclip_core.alpha import boxes_to_masks, normalize_alpha, rle_decode
+    from alphaclip_train.data import RegionBatches
+
+    masks = write_shards(tmp_path / "m", 60, per_shard=60, seed=5, region_phrases="labels")
+    boxes = write_shards(tmp_path / "b", 60, per_shard=60, seed=5, region_phrases="labels", box_rate=0.5)
+    again = write_shards(tmp_path / "b2", 60, per_shard=60, seed=5, region_phrases="labels", box_rate=0.5)
+    rm, rb, r2 = ([r for _, _, r in iter_shard(p[0])] for p in (masks, boxes, again))
+    assert rb == r2  # which regions lose their mask is fixed by the scenes
+    n = box_only = 0
+    for a, b in zip(rm, rb):
+        assert {k: v for k, v in a.items() if k != "regions"} == {k: v for k, v in b.items() if k != "regions"}
+        for ga, gb in zip(a["regions"], b["regions"]):
+            n += 1
+            assert ga["mask"] is not None and {**ga, "mask": None} == {**gb, "mask": None}
+            if gb["mask"] is None:
+                box_only += 1
+            else:
+                assert gb["mask"] == ga["mask"]
+    assert 0.35 < box_only / n < 0.65, (box_only, n)  # about half of the regions
+    # the loader gives a box-only region its rectangle as alpha, the others their mask
+    tok = SimpleTokenizer(context_length=16)
+    ds = RegionBatches([str(boxes[0])], tok, n, 64, whole_image_ratio=0.0, shuffle_buffer=0, progress=False)
+    batch = next(iter(ds))
+    regions = [g for r in rb for g in r["regions"]]
+    assert batch["alpha"].shape[0] == n
+    for alpha, g in zip(batch["alpha"], regions):
+        want = boxes_to_masks(g["box"], 64, 64) if g["mask"] is None else torch.from_numpy(
+            rle_decode(g["mask"]).astype(np.float32))[None]
+        assert torch.equal(alpha, normalize_alpha(want))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="box_rate: expected a fraction in"):
+            write_shards(tmp_path / "x", 2, box_rate=bad)
+
+
 def test_rec_suite_needs_context():
     suite = rec_suite(10, size=64)
     assert len(suite) == 20

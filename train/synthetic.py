@@ -387,7 +387,18 @@ def _said(obj: Dict[str, Any], region_phrases: str) -> Tuple[str, Optional[Dict[
     return f"a {label_of(obj)}", None
 
 
-def scene_record(scene: Scene, key: str, region_phrases: str = "world") -> Dict[str, Any]:
+def _box_only(scene: Scene, i: int, box_rate: float) -> bool:
+    """Whether object ``i`` of ``scene`` is written as a box-only region (a pure function of the scene's
+    seed, the object and ``box_rate``; its own generator, so the scene's draws are not touched)."""
+    return box_rate > 0 and random.Random(f"box:{scene.params['seed']}:{i}").random() < box_rate
+
+
+def _check_box_rate(box_rate: float) -> None:
+    if isinstance(box_rate, bool) or not (isinstance(box_rate, (int, float)) and 0.0 <= box_rate <= 1.0):
+        raise ValueError(f"box_rate: expected a fraction in [0, 1], got {box_rate!r}")
+
+
+def scene_record(scene: Scene, key: str, region_phrases: str = "world", box_rate: float = 0.0) -> Dict[str, Any]:
     """The shard record of a scene (schema version 1; attributes and the render arguments in ``meta``).
 
     ``region_phrases`` (one of :data:`REGION_PHRASES`) says what the regions' phrases are: ``"world"``
@@ -395,12 +406,16 @@ def scene_record(scene: Scene, key: str, region_phrases: str = "world") -> Dict[
     every object's label ("a red circle": no size word, no relation); ``"twins"`` the labels, except
     for the twins, which keep their relational phrases (the only phrases that need the context). An
     object's ``meta`` relation is that of the phrase written (None for a label). The caption is the
-    world's in every case.
+    world's in every case. ``box_rate``: the fraction of regions written with their box only (``"mask":
+    null``, so that training reads a rectangle as their alpha, as for box-level grounding data); which
+    ones is fixed by the scene's seed.
     """
     _check_region_phrases(region_phrases)
+    _check_box_rate(box_rate)
     said = [_said(o, region_phrases) for o in scene.objects]
-    regions = [{"phrase": phrase, "box": o["box"], "mask": rle_encode(m), "source": "synthetic"}
-               for (phrase, _), o, m in zip(said, scene.objects, scene.masks)]
+    regions = [{"phrase": phrase, "box": o["box"], "mask": None if _box_only(scene, i, box_rate) else rle_encode(m),
+                "source": "synthetic"}
+               for i, ((phrase, _), o, m) in enumerate(zip(said, scene.objects, scene.masks))]
     meta = {"world": WORLD, "background": scene.background, "render": scene.params,
             "objects": [{**{k: o[k] for k in ("shape", "colour", "size", "twin")}, "relation": rel}
                         for (_, rel), o in zip(said, scene.objects)]}
@@ -422,17 +437,19 @@ def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str]):
 
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
                  quality: int = 95, progress: bool = False, partners: Sequence[str] = (),
-                 region_phrases: str = "world") -> List[Path]:
+                 region_phrases: str = "world", box_rate: float = 0.0) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
     ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
     its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
-    training batch. ``region_phrases``: what the regions' phrases say (:func:`scene_record`).
+    training batch. ``region_phrases``: what the regions' phrases say, ``box_rate``: the fraction of
+    regions written with their box only (:func:`scene_record`).
     """
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
     _check_region_phrases(region_phrases)
+    _check_box_rate(box_rate)
     from tqdm import tqdm
 
     if num_scenes < 1 or per_shard < 1:
@@ -448,7 +465,7 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
                     scene = next(scenes)
                     buf = io.BytesIO()
                     scene.image.save(buf, format="JPEG", quality=quality)
-                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}", region_phrases))
+                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}", region_phrases, box_rate))
                     bar.update(1)
             paths.append(path)
     return paths
@@ -613,17 +630,22 @@ class ToyRecipe:
     #: relational phrases alone, measured worse (docs/toy.md): the base's text tower reads a relational
     #: phrase as a bag of both objects, so the reference object's region matches it as well as the target's
     alpha_region_phrases: str = "labels"
+    #: fraction of stage 2's regions given as their box only (a rectangle as alpha), the rest as masks:
+    #: with masks only, the toy reads an object's shape off its mask and box alpha fails (docs/toy.md)
+    alpha_box_rate: float = 0.0
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
 
 def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int,
-          region_phrases: str = "world") -> float:
+          region_phrases: str = "world", box_rate: float = 0.0) -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
     want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
             "per_shard": per_shard}
     if region_phrases != "world":  # folders of the world's phrases keep the record they were made with
         want["region_phrases"] = region_phrases
+    if box_rate:
+        want["box_rate"] = box_rate
     done = folder / "done.json"
     if done.is_file():
         have = json.loads(done.read_text())
@@ -632,14 +654,16 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         return 0.0
     t0 = time.perf_counter()
     write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners,
-                 region_phrases=region_phrases)
+                 region_phrases=region_phrases, box_rate=box_rate)
     done.write_text(json.dumps(want) + "\n")
     return time.perf_counter() - t0
 
 
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
-    """Stage 2's data folder: ``data-alpha`` for the world's phrases, ``data-alpha-<region_phrases>`` otherwise."""
-    return work / ("data-alpha" if r.alpha_region_phrases == "world" else f"data-alpha-{r.alpha_region_phrases}")
+    """Stage 2's data folder: ``data-alpha`` for the world's phrases, ``data-alpha-<region_phrases>`` otherwise,
+    with ``-box<rate>`` appended when some regions are box-only."""
+    name = "data-alpha" if r.alpha_region_phrases == "world" else f"data-alpha-{r.alpha_region_phrases}"
+    return work / (name + (f"-box{r.alpha_box_rate:g}" if r.alpha_box_rate else ""))
 
 
 def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str] = ("clip", "alpha"),
@@ -670,7 +694,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard)
                                if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
-                                       r.alpha_region_phrases)
+                                       r.alpha_region_phrases, r.alpha_box_rate)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
     if "clip" in stages:
@@ -809,7 +833,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "alpha_warmup", "threads", "seed", "alpha_shuffle_buffer", "per_shard"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(d, f))
     for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "patch_scale", "lr_ratio", "alpha_weight_decay", "logit_scale",
-              "label_smoothing", "whole_image_ratio"):
+              "label_smoothing", "whole_image_ratio", "alpha_box_rate"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
