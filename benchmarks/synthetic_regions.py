@@ -172,7 +172,9 @@ def main() -> int:
                                     "label_smoothing": cfg.get("label_smoothing"),
                                     "patch_scale": "?" if scale is None else f"{scale:g}",
                                     # recipes from before the setting used the world's phrases
-                                    "region_phrases": recipe.get("alpha_region_phrases", "world" if recipe else "?")})
+                                    "region_phrases": recipe.get("alpha_region_phrases", "world" if recipe else "?"),
+                                    # fraction of stage 2's regions given as boxes only (recipes before: none)
+                                    "box_rate": recipe.get("alpha_box_rate", 0.0) if recipe else "?"})
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
@@ -256,11 +258,12 @@ def render_markdown(out: dict) -> str:
               for k, v in out["retrieval"].items()]
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
-                  "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | r_s | "
-                  "region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
-                  "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | box-only regions | "
+                  "r_s | region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
+                  "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
-                  f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('r_s', '?')} | "
+                  f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "
+                  f"{v.get('r_s', '?')} | "
                   f"{v['region mask alpha']:.1f} | {v['region box alpha']:.1f} | "
                   f"{v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |"
                   for k, v in out["ablations"].items()]

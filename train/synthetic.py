@@ -17,7 +17,7 @@ with this module's ``python -m alphaclip_train.synthetic`` entry point:
 
 1. stage ``clip``: a CLIP trained from scratch on whole-scene captions (learned logit scale, capped at 100);
 2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on the regions' labels with the recipe of SPEC.md
-   (two measured departures; see :class:`ToyRecipe`).
+   (three measured departures; see :class:`ToyRecipe`).
 
 Both stages use :func:`alphaclip_train.loop.train`. The model is a toy: it knows 4 shapes x 6
 colours x 2 sizes and 4 relations on 64-pixel pictures, nothing about the real world.
@@ -597,17 +597,18 @@ class ToyRecipe:
     no label smoothing, on whole-scene captions, read in order so that mirror partners share a batch.
     Stage 2 (``alpha``) is the recipe of SPEC.md: the text tower frozen, logit scale fixed at 100,
     AdamW with weight decay 2e-2, ``conv1_alpha`` at ``alpha_lr`` and the rest of the vision tower at
-    ``alpha_lr * lr_ratio``, warm-up then cosine, r_s = ``whole_image_ratio``; with two measured
-    departures (no label smoothing, ``patch_scale``), on region phrases chosen by ``alpha_region_phrases``.
+    ``alpha_lr * lr_ratio``, warm-up then cosine, r_s = ``whole_image_ratio``; with three measured
+    departures (no label smoothing, ``patch_scale``, ``alpha_box_rate`` of the regions given as boxes),
+    on region phrases chosen by ``alpha_region_phrases``.
     """
 
     config: Dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(TINY_CFG)))
     seed: int = 0                      #: stage-1 data: seed block ``seed``; stage 2: ``seed + 1``
-    clip_scenes: int = 60_000
+    clip_scenes: int = 100_000
     alpha_scenes: int = 40_000
     clip_partners: Tuple[str, ...] = ("mirror", "shape")  #: hard negatives next to each stage-1 scene
     batch_size: int = 128
-    clip_steps: int = 4000
+    clip_steps: int = 6500
     clip_lr: float = 1e-3
     clip_warmup: int = 200
     clip_weight_decay: float = 0.1
@@ -617,8 +618,8 @@ class ToyRecipe:
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     #: stage 2 starts from the base with its patch embedding (conv1, class and positional embedding)
     #: multiplied by this: the same function (ln_pre follows), against which the alpha conv's steps are
-    #: 10x smaller (a measured choice, docs/toy.md)
-    patch_scale: float = 10.0
+    #: 3x smaller (a measured choice, docs/toy.md)
+    patch_scale: float = 3.0
     lr_ratio: float = 0.01
     alpha_warmup: int = 20
     alpha_weight_decay: float = 2e-2
@@ -632,7 +633,7 @@ class ToyRecipe:
     alpha_region_phrases: str = "labels"
     #: fraction of stage 2's regions given as their box only (a rectangle as alpha), the rest as masks:
     #: with masks only, the toy reads an object's shape off its mask and box alpha fails (docs/toy.md)
-    alpha_box_rate: float = 0.0
+    alpha_box_rate: float = 0.5
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
