@@ -297,7 +297,7 @@ def test_retrieval_counts_a_caption_by_its_text():
 
 def test_shipped_toy_focuses_on_the_region_it_is_given():
     """The shipped weights on 40 scenes of a block the benchmark does not use: the mask alpha moves the
-    answer to the region (here 95.5% top-1 against 29.7% with whole-image alpha and 31.5% for the base
+    answer to the region (here 95.5% top-1 against 31.5% with whole-image alpha and 31.5% for the base
     on the whole image). Not every target of the issue is met (benchmarks/results/synthetic_regions.md),
     so no more than this is asserted."""
     torch.set_num_threads(1)
