@@ -614,7 +614,7 @@ class ToyRecipe:
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
     clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
-    #: twice the fifth round's 1,200: on validation scenes every measure gained (docs/toy.md)
+    #: twice the fifth round's 1,200: on validation scenes mask, box and retrieval all gained (docs/toy.md)
     alpha_steps: int = 2400
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
     #: stage 2 starts from the base with its patch embedding (conv1, class and positional embedding)
