@@ -15,13 +15,13 @@ from alphaclip_core.alpha import prepare
 from alphaclip_train.eval.baselines import crop_region, mask_bbox, red_circle
 from alphaclip_train.loop import TrainConfig, train
 from alphaclip_train.schema import iter_shard
-from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, RELATIONS, TINY_CFG, ToyRecipe, install_assets,
-                                       label_of, load_tiny, load_tiny_base, make_tiny, partner_of, rec_suite,
-                                       relation, render_scene, write_shards)
+from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, POSITIONS, RELATIONS, TINY_CFG, ToyRecipe,
+                                       install_assets, label_of, load_tiny, load_tiny_base, main, make_tiny,
+                                       pair_of, partner_of, rec_suite, relation, render_scene, write_shards)
 from conftest import doc_blocks
 
-from alphaclip_train.toy_eval import (BASELINES, _inputs, alpha_embedding_share, held_out_scenes, rec_top1,
-                                      region_top1, retrieval, single_object_scenes)
+from alphaclip_train.toy_eval import (BASELINES, _inputs, alpha_embedding_share, held_out_scenes, pair_top1,
+                                      rec_top1, region_top1, retrieval, single_object_scenes)
 
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -101,6 +101,98 @@ def test_shape_partner_changes_one_object_shape_only():
         partner_of(partner_of(render_scene(1), "shape"), "mirror")
     with pytest.raises(ValueError, match="kind: expected 'mirror' or 'shape'"):
         partner_of(render_scene(1), "colour")
+
+
+def _centre(box):
+    return (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+
+
+def test_position_pairs_say_the_side_the_object_lies_on():
+    sides = set()
+    found = 0
+    for seed in range(40):
+        pair = pair_of("position", seed)
+        scene = render_scene(seed, 64, max_objects=1, min_objects=1)
+        (x, y), = [_centre(o["box"]) for o in scene.objects]
+        if pair is None:  # near the middle on both axes
+            assert max(abs(x / 64 - 0.5), abs(y / 64 - 0.5)) < 0.12
+            continue
+        found += 1
+        for s in pair:
+            (cx, cy), = [_centre(o["box"]) for o in s.objects]
+            name = f"a {label_of(s.objects[0])} "
+            assert s.caption.startswith(name) and s.caption_relations == []
+            side = s.caption[len(name):]
+            sides.add(side)
+            want = {"on the left": cx < 32, "on the right": cx > 32, "at the top": cy < 32, "at the bottom": cy > 32}
+            assert want[side], (seed, side, cx, cy)
+        a, b = pair
+        assert a.params["mirror"] is None and b.params["mirror"] in ("h", "v")
+        assert {a.caption.split(" ", 3)[3], b.caption.split(" ", 3)[3]} == set(POSITIONS[b.params["mirror"]])
+        assert label_of(a.objects[0]) == label_of(b.objects[0]) and a.objects[0]["phrase"] == b.objects[0]["phrase"]
+    assert found >= 20 and sides == {w for words in POSITIONS.values() for w in words}
+
+
+def test_relation_pairs_say_a_relation_that_the_mirror_swaps():
+    subjects = set()
+    found = 0
+    for seed in range(40):
+        pair = pair_of("relation", seed)
+        if pair is None:
+            continue
+        found += 1
+        for s in pair:
+            assert len(s.objects) == 2 and len({label_of(o) for o in s.objects}) == 2
+            (rel, twin), = s.caption_relations
+            assert not twin and f" {rel} a " in s.caption
+            subject, reference = s.caption.split(f" {rel} ")
+            by_name = {f"a {label_of(o)}": o for o in s.objects}
+            assert relation(by_name[subject]["box"], by_name[reference]["box"]) == rel
+        (r0, _), (r1, _) = pair[0].caption_relations[0], pair[1].caption_relations[0]
+        assert r1 == OPPOSITE[r0] and pair[0].caption.replace(r0, r1) == pair[1].caption
+        subjects.add(pair[0].caption.split(" ")[2] == pair[0].objects[0]["shape"])
+    assert found >= 10 and subjects == {True, False}  # either object is the subject
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        pair_of("shape", 1)
+
+
+def test_pairs_mixed_into_shards_keep_their_fractions_and_share_batches(tmp_path):
+    write_shards(tmp_path / "p", 800, per_shard=400, seed=0, partners=("mirror", "shape"),
+                 pairs={"position": 0.25, "relation": 0.25})
+    records = [r for f in sorted((tmp_path / "p").glob("*.tar")) for _, _, r in iter_shard(f)]
+    kinds = [r["meta"]["pair"] for r in records]
+    assert len(records) == 800
+    for kind in ("position", "relation"):  # blocks of 4: 50 expected of 200 blocks, sd 6.1
+        assert 0.25 * 800 - 4 * 20 <= kinds.count(kind) <= 0.25 * 800 + 4 * 20, kind
+    for i in range(0, 800, 2):  # a pair is two neighbours: the same scene, then its mirror image
+        if kinds[i] is not None:
+            a, b = records[i]["meta"]["render"], records[i + 1]["meta"]["render"]
+            assert kinds[i + 1] == kinds[i] and a["seed"] == b["seed"] and a["mirror"] is None and b["mirror"]
+            assert records[i]["caption"] != records[i + 1]["caption"]
+    # the world's scenes keep their order: the same as a folder without pairs
+    write_shards(tmp_path / "w", 300, per_shard=300, seed=0, partners=("mirror", "shape"))
+    world = [r["caption"] for f in sorted((tmp_path / "w").glob("*.tar")) for _, _, r in iter_shard(f)]
+    mixed = [r["caption"] for r, k in zip(records, kinds) if k is None]
+    assert mixed[:300] == world[:len(mixed[:300])]
+    assert "pair" not in next(iter_shard(tmp_path / "w" / "shard-00000.tar"))[2]["meta"]
+    for bad in ({"colour": 0.1}, {"position": -0.1}, {"position": 0.7, "relation": 0.5}, [0.1], {"position": True}):
+        with pytest.raises(ValueError, match="pairs: expected a dict of"):
+            write_shards(tmp_path / "x", 2, pairs=bad)
+
+
+def test_stage_one_with_pairs_records_them(tmp_path):
+    argv = [str(tmp_path), "--config", "micro", "--stages", "clip", "--clip-scenes", "16", "--per-shard", "8",
+            "--batch-size", "8", "--clip-steps", "1", "--clip-warmup", "1", "--clip-position-pairs", "0.25",
+            "--clip-relation-pairs", "0.5", "--no-progress"]
+    assert main(argv) == 0
+    done = json.loads((tmp_path / "data-clip" / "done.json").read_text())
+    assert done["pairs"] == {"position": 0.25, "relation": 0.5}
+    summary = json.loads((tmp_path / "clip" / "summary.json").read_text())
+    assert summary["recipe"]["clip_position_pairs"] == 0.25 and summary["recipe"]["clip_relation_pairs"] == 0.5
+    records = [r for f in sorted((tmp_path / "data-clip").glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert {r["meta"]["pair"] for r in records} <= {None, "position", "relation"} and len(records) == 16
+    with pytest.raises(ValueError, match="holds .* use another work folder"):  # other fractions, same folder
+        main(argv[:-4] + ["0.5", "--clip-relation-pairs", "0.25", "--no-progress"])
 
 
 def test_partners_share_batches_in_shards(tmp_path):
@@ -293,6 +385,45 @@ def test_retrieval_counts_a_caption_by_its_text():
 
     # a scene whose caption is also another scene's retrieves the first of them: a hit, the text is the same
     assert retrieval(oracle, tokenizer, scenes, batch_size=7) == {"image->text R@1": 100.0, "text->image R@1": 100.0}
+
+
+@pytest.mark.parametrize("kind", ["position", "relation"])
+def test_pair_top1_scores_a_scene_against_its_mirror_image(kind):
+    from alphaclip_train.synthetic import _PAIR_SEEDS
+
+    want = []  # the captions pair_top1 will meet, in order (block 555, size 32)
+    k = 0
+    while len(want) < 2 * 6:
+        k += 1
+        pair = pair_of(kind, 555 * 10**7 + _PAIR_SEEDS[kind] + k, 32)
+        want += [s.caption for s in pair] if pair else []
+    vocab = sorted(set(want))
+
+    class Reader(torch.nn.Module):
+        """Reads each image as its own caption (``swap``: as its mirror's; ``blind``: text features all alike)."""
+
+        def __init__(self, swap=False, blind=False):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.visual = type("V", (), {"preprocess_cfg": {"size": 32}})()
+            self.seen, self.texts, self.swap, self.blind = 0, [], swap, blind
+
+        def encode_image(self, pix, alpha=None, normalize=True):
+            caps = want[self.seen:self.seen + 2][::-1 if self.swap else 1]
+            self.seen += 2
+            return torch.eye(len(vocab))[[vocab.index(c) for c in caps]]
+
+        def encode_text(self, tokens, normalize=True):
+            return torch.ones(2, len(vocab)) if self.blind else torch.eye(len(vocab))[[vocab.index(c) for c in self.texts]]
+
+    for reader, score in ((Reader(), 100.0), (Reader(swap=True), 0.0), (Reader(blind=True), 50.0)):
+        def tokenizer(texts, reader=reader):
+            reader.texts = texts
+            return torch.zeros(len(texts), 4, dtype=torch.long)
+
+        got = pair_top1(reader, tokenizer, kind, n=6, seed_block=555, size=32)
+        assert got == {"image->text": score, "text->image": score}, (reader.swap, reader.blind, got)
+        assert reader.seen == 12
 
 
 def test_shipped_toy_focuses_on_the_region_it_is_given():

@@ -45,7 +45,8 @@ from .schema import ShardWriter
 __all__ = ["SHAPES", "COLOURS", "SIZES", "LABELS", "RELATIONS", "WORLD", "Scene", "Referral", "relation",
            "render_scene", "partner_of", "scene_record", "write_shards", "rec_suite", "label_of", "TINY_CFG",
            "MICRO_CFG", "ToyRecipe", "init_model_dir", "ASSETS", "load_tiny", "load_tiny_base", "demo_scene",
-           "make_tiny", "DEMO_SEED", "demo_seed", "rescale_patch_embedding", "REGION_PHRASES"]
+           "make_tiny", "DEMO_SEED", "demo_seed", "rescale_patch_embedding", "REGION_PHRASES", "PAIR_KINDS",
+           "POSITIONS", "pair_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,14 @@ CLEAR = 1.5
 #: or the labels with the twins' relational phrases
 REGION_PHRASES: Tuple[str, ...] = ("world", "labels", "twins")
 _SWAPS = {"h": ("left of", "right of"), "v": ("above", "below")}
+#: kinds of captioned mirror pair for stage 1 (:func:`pair_of`, :func:`write_shards` ``pairs``)
+PAIR_KINDS: Tuple[str, ...] = ("position", "relation")
+#: the side words of a one-object scene (:func:`pair_of` kind ``"position"``), by mirror axis
+POSITIONS: Dict[str, Tuple[str, str]] = {"h": ("on the left", "on the right"), "v": ("at the top", "at the bottom")}
+#: a one-object scene has a side only when its centre lies this far from the middle (fraction of the side)
+OFF_CENTRE = 0.12
+#: where the seeds of each pair kind start inside a seed block (the world's scenes use the block's start)
+_PAIR_SEEDS = {"position": 7 * 10**6, "relation": 8 * 10**6}
 
 #: open_clip config of the shipped toy model (chosen by measurement, see docs/toy.md)
 TINY_CFG: Dict[str, Any] = {
@@ -375,6 +384,78 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
     raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
 
 
+def pair_of(kind: str, seed: int, size: int = 64) -> Optional[Tuple[Scene, Scene]]:
+    """A scene and its mirror image, captioned so that one word pair alone tells them apart; or None.
+
+    kind ``"position"``: one object, captioned with the side of the picture its centre lies on along
+    the axis where it lies further from the middle ("a red circle on the left", "... at the bottom",
+    see :data:`POSITIONS`); the mirror image says the other side. None when the centre lies within
+    :data:`OFF_CENTRE` of the middle. kind ``"relation"``: two objects (no twins), captioned with one
+    relational phrase about one of them, chosen by the seed ("a red circle left of a blue square");
+    the mirror image says the swapped relation. None when their layout has no clear relation
+    (:func:`relation`). Both scenes keep the world's objects, masks and region phrases; only the
+    captions are the pair's. In one batch (:func:`write_shards` ``pairs``) they teach stage 1 what
+    position and relation words mean, which the world's mirror partners alone did not (docs/toy.md).
+    """
+    from dataclasses import replace
+
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"kind: expected one of {PAIR_KINDS}, got {kind!r}")
+    if kind == "position":
+        scene = render_scene(seed, size, max_objects=1, min_objects=1)
+        x0, y0, x1, y1 = scene.objects[0]["box"]
+        off = {"h": (x0 + x1) / 2 / size - 0.5, "v": (y0 + y1) / 2 / size - 0.5}
+        axis = "h" if abs(off["h"]) >= abs(off["v"]) else "v"
+        if abs(off[axis]) < OFF_CENTRE:
+            return None
+        mirrored = render_scene(**{**scene.params, "mirror": axis})
+        near, far = POSITIONS[axis] if off[axis] < 0 else POSITIONS[axis][::-1]
+        name = f"a {label_of(scene.objects[0])}"
+        return (replace(scene, caption=f"{name} {near}", caption_relations=[]),
+                replace(mirrored, caption=f"{name} {far}", caption_relations=[]))
+    scene = render_scene(seed, size, max_objects=2, min_objects=2, twins=False)
+    if len(scene.objects) != 2:
+        return None
+    a, b = scene.objects
+    rel = relation(a["box"], b["box"])
+    if rel is None:
+        return None
+    axis = "h" if rel in _SWAPS["h"] else "v"
+    mirrored = render_scene(**{**scene.params, "mirror": axis})
+    ma, mb = sorted(mirrored.objects, key=lambda o: label_of(o) != label_of(a))  # a's image first
+    swapped = _SWAPS[axis][1 - _SWAPS[axis].index(rel)]
+    if relation(ma["box"], mb["box"]) != swapped:  # not seen: mirroring swaps the offsets exactly
+        return None
+    if random.Random(f"pair:{seed}").random() < 0.5:  # which object is the subject
+        said = (rel, swapped)
+        captions = _relational(a, rel, b), _relational(ma, swapped, mb)
+    else:
+        said = (swapped, rel)
+        captions = _relational(b, swapped, a), _relational(mb, rel, ma)
+    return (replace(scene, caption=captions[0], caption_relations=[(said[0], False)]),
+            replace(mirrored, caption=captions[1], caption_relations=[(said[1], False)]))
+
+
+def _pairs(kind: str, seed: int, size: int):
+    """Endless pairs of one kind, flattened: ``(scene, kind)``, ``(its mirror image, kind)``, the next..."""
+    k = 0
+    while True:
+        k += 1
+        pair = pair_of(kind, seed * 10**7 + _PAIR_SEEDS[kind] + k, size)
+        if pair is not None:
+            yield from ((scene, kind) for scene in pair)
+
+
+def _check_pairs(pairs) -> Dict[str, float]:
+    if pairs is None:
+        return {}
+    if (not isinstance(pairs, dict) or any(k not in PAIR_KINDS for k in pairs)
+            or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 for v in pairs.values())
+            or sum(pairs.values()) > 1):
+        raise ValueError(f"pairs: expected a dict of {PAIR_KINDS} to fractions >= 0 that sum to <= 1, got {pairs!r}")
+    return {k: float(v) for k, v in pairs.items() if v > 0}
+
+
 def _check_region_phrases(region_phrases: str) -> None:
     if region_phrases not in REGION_PHRASES:
         raise ValueError(f"region_phrases: expected one of {REGION_PHRASES}, got {region_phrases!r}")
@@ -435,16 +516,39 @@ def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str]):
                 i += 1
 
 
+def _mixed(world, pairs: Dict[str, float], seed: int, size: int):
+    """The world's scenes with captioned pairs mixed in: blocks of 4 samples (two pairs of one kind,
+    or 4 of the world's scenes in order), each block's kind drawn with the ``pairs`` fractions. Yields
+    ``(scene, pair kind or None)``."""
+    streams = {kind: _pairs(kind, seed, size) for kind in pairs}
+    world = ((scene, None) for scene in world)
+    rng = random.Random(f"mix:{seed}")
+    while True:
+        u, source = rng.random(), world
+        for kind, frac in pairs.items():
+            if u < frac:
+                source = streams[kind]
+                break
+            u -= frac
+        for _ in range(4):
+            yield next(source)
+
+
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
                  quality: int = 95, progress: bool = False, partners: Sequence[str] = (),
-                 region_phrases: str = "world", box_rate: float = 0.0) -> List[Path]:
+                 region_phrases: str = "world", box_rate: float = 0.0,
+                 pairs: Optional[Dict[str, float]] = None) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
     ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
     its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
     training batch. ``region_phrases``: what the regions' phrases say, ``box_rate``: the fraction of
-    regions written with their box only (:func:`scene_record`).
+    regions written with their box only (:func:`scene_record`). ``pairs``: the fraction of the
+    samples that are captioned mirror pairs of each kind of :data:`PAIR_KINDS` (:func:`pair_of`),
+    e.g. ``{"position": 0.2, "relation": 0.2}``, mixed in blocks of 4 samples; their records carry
+    ``meta["pair"]`` (the kind). The world's scenes fill the rest, in the same order as without pairs.
     """
+    pairs = _check_pairs(pairs)
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
@@ -456,16 +560,20 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
         raise ValueError(f"num_scenes, per_shard: expected >= 1, got {num_scenes}, {per_shard}")
     folder = Path(folder)
     paths: List[Path] = []
-    scenes = _scenes(num_scenes, seed, size, partners)
+    scenes = (_mixed(_scenes(10**9, seed, size, partners), pairs, seed, size) if pairs
+              else ((scene, None) for scene in _scenes(num_scenes, seed, size, partners)))
     with tqdm(total=num_scenes, desc="scenes", disable=not progress) as bar:
         for s, start in enumerate(range(0, num_scenes, per_shard)):
             path = folder / f"shard-{s:05d}.tar"
             with ShardWriter(path) as w:
                 for i in range(start, min(num_scenes, start + per_shard)):
-                    scene = next(scenes)
+                    scene, kind = next(scenes)
                     buf = io.BytesIO()
                     scene.image.save(buf, format="JPEG", quality=quality)
-                    w.write(buf.getvalue(), scene_record(scene, f"{i:08d}", region_phrases, box_rate))
+                    record = scene_record(scene, f"{i:08d}", region_phrases, box_rate)
+                    if pairs:
+                        record["meta"]["pair"] = kind
+                    w.write(buf.getvalue(), record)
                     bar.update(1)
             paths.append(path)
     return paths
@@ -614,6 +722,10 @@ class ToyRecipe:
     clip_weight_decay: float = 0.1
     clip_grad_clip: Optional[float] = 1.0
     clip_logit_scale_lr: float = 3e-2  #: the temperature's own pace: near its cap of 100 by the end of a short run
+    #: fractions of stage 1's samples that are captioned mirror pairs (:func:`pair_of`): position words
+    #: ("a red circle on the left") and relations; they teach the base what the words mean (docs/toy.md)
+    clip_position_pairs: float = 0.0
+    clip_relation_pairs: float = 0.0
     #: twice the fifth round's 1,200: on validation scenes mask, box and retrieval all gained (docs/toy.md)
     alpha_steps: int = 2400
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
@@ -640,10 +752,13 @@ class ToyRecipe:
 
 
 def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int,
-          region_phrases: str = "world", box_rate: float = 0.0) -> float:
+          region_phrases: str = "world", box_rate: float = 0.0, pairs: Optional[Dict[str, float]] = None) -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
+    pairs = _check_pairs(pairs)
     want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
             "per_shard": per_shard}
+    if pairs:  # folders without pairs keep the record they were made with
+        want["pairs"] = pairs
     if region_phrases != "world":  # folders of the world's phrases keep the record they were made with
         want["region_phrases"] = region_phrases
     if box_rate:
@@ -656,7 +771,7 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         return 0.0
     t0 = time.perf_counter()
     write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners,
-                 region_phrases=region_phrases, box_rate=box_rate)
+                 region_phrases=region_phrases, box_rate=box_rate, pairs=pairs)
     done.write_text(json.dumps(want) + "\n")
     return time.perf_counter() - t0
 
@@ -693,8 +808,9 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     size = int(r.config["vision_cfg"]["image_size"])
     summary: Dict[str, Any] = {"recipe": asdict(r), "world": WORLD, "torch": torch.__version__,
                                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard)
-                               if "clip" in stages else 0.0)
+    pairs = {"position": r.clip_position_pairs, "relation": r.clip_relation_pairs}
+    summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard,
+                                     pairs=pairs) if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
                                        r.alpha_region_phrases, r.alpha_box_rate)
                                  if "alpha" in stages else 0.0), 1)
@@ -835,7 +951,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "alpha_warmup", "threads", "seed", "alpha_shuffle_buffer", "per_shard"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(d, f))
     for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "patch_scale", "lr_ratio", "alpha_weight_decay", "logit_scale",
-              "label_smoothing", "whole_image_ratio", "alpha_box_rate"):
+              "label_smoothing", "whole_image_ratio", "alpha_box_rate", "clip_position_pairs", "clip_relation_pairs"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
