@@ -8,6 +8,7 @@ Scores the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) a
   background blurred, red circle);
 * the toy referring-expression suite (twins told apart only by context);
 * whole-scene retrieval R@1 (base vs Alpha-CLIP with whole-image alpha) and single-object zero-shot;
+* position and relation words: a scene against its mirror image (:func:`~alphaclip_train.toy_eval.pair_top1`);
 * ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask- and box-alpha top-1, REC and retrieval;
 * the demo scene (what ``alphaclip demo`` prints), and every target of issue 19 with met / not met.
 
@@ -30,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
 from alphaclip_train.synthetic import ASSETS, LABELS, load_tiny, load_tiny_base, rec_suite  # noqa: E402
-from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, rec_top1,  # noqa: E402
-                                      region_top1, retrieval, single_object_scenes, zero_shot)
+from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, pair_top1,  # noqa: E402
+                                      rec_top1, region_top1, retrieval, single_object_scenes, zero_shot)
 
 RESULTS = Path(__file__).parent / "results"
 REC_BASELINES = ["crop", "crop + margin", "background masked", "background blurred", "red circle"]
@@ -123,6 +124,7 @@ def main() -> int:
     ap.add_argument("--rec-scenes", type=int, default=300, help="held-out twin scenes (2 expressions each)")
     ap.add_argument("--retrieval-scenes", type=int, default=500)
     ap.add_argument("--zero-shot-scenes", type=int, default=480)
+    ap.add_argument("--pairs", type=int, default=200, help="held-out mirror pairs of each kind (position, relation)")
     ap.add_argument("--seed-block", type=int, default=SEED_BLOCK, help="held-out seed block (training: 0 and 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
@@ -151,6 +153,9 @@ def main() -> int:
            "Alpha-CLIP (stage 2), whole-image alpha": retrieval(alpha, tok, rscenes)}
     zs = {"base CLIP (stage 1)": zero_shot(base, tok, zscenes),
           "Alpha-CLIP (stage 2), whole-image alpha": zero_shot(alpha, tok, zscenes)}
+    pairs = {name: {kind: pair_top1(m, tok, kind, args.pairs, seed_block=args.seed_block)
+                    for kind in ("position", "relation")}
+             for name, m in (("base CLIP (stage 1)", base), ("Alpha-CLIP (stage 2), whole-image alpha", alpha))}
     ablations = {}
     for item in args.ablation:
         if "=" not in item:
@@ -184,7 +189,8 @@ def main() -> int:
            "region_top1": region, "rec_expressions": len(suite),
            "rec_chance": 100.0 * sum(1 / len(r.scene.objects) for r in suite) / max(1, len(suite)),
            "rec_top1": rec, "retrieval": ret, "retrieval_scenes": args.retrieval_scenes, "zero_shot_top1": zs,
-           "zero_shot_scenes": args.zero_shot_scenes, "ablations": ablations, "demo": demo, "training": training,
+           "zero_shot_scenes": args.zero_shot_scenes, "pairs": pairs, "pair_count": args.pairs,
+           "ablations": ablations, "demo": demo, "training": training,
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
     out["targets"] = [dict(zip(("measure", "target", "measured", "met"), row)) for row in targets(out)]
     out["claims"] = [dict(zip(("claim", "paper", "toy", "holds"), row)) for row in claims(out)]
@@ -256,6 +262,15 @@ def render_markdown(out: dict) -> str:
               "| model | image->text R@1 | text->image R@1 | zero-shot top-1 |", "|---|---|---|---|"]
     lines += [f"| {k} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} | {out['zero_shot_top1'][k]:.1f} |"
               for k, v in out["retrieval"].items()]
+    if out.get("pairs"):
+        lines += ["", f"## Position and relation words ({out['pair_count']} mirror pairs of each kind, chance 50%)", "",
+                  "A scene against its mirror image, each captioned with its own side (\"a red circle on the left\") "
+                  "or relation (\"a red circle left of a blue square\"); whole-image input.", "",
+                  "| model | position, image->text | position, text->image | relation, image->text | "
+                  "relation, text->image |", "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['position']['image->text']:.1f} | {v['position']['text->image']:.1f} | "
+                  f"{v['relation']['image->text']:.1f} | {v['relation']['text->image']:.1f} |"
+                  for k, v in out["pairs"].items()]
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
                   "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | box-only regions | "
