@@ -424,6 +424,8 @@ def test_pair_top1_scores_a_scene_against_its_mirror_image(kind):
         got = pair_top1(reader, tokenizer, kind, n=6, seed_block=555, size=32)
         assert got == {"image->text": score, "text->image": score}, (reader.swap, reader.blind, got)
         assert reader.seen == 12
+    with pytest.raises(ValueError, match="n: expected a number of pairs >= 1, got 0"):
+        pair_top1(Reader(), lambda texts: None, kind, n=0)
 
 
 def test_shipped_toy_focuses_on_the_region_it_is_given():

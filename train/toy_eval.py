@@ -206,10 +206,13 @@ def pair_top1(model, tokenizer: Callable, kind: str, n: int = 200, seed_block: i
     right" (``"position"``) or "a red circle left of a blue square" / "... right of ..."
     (``"relation"``). ``image->text``: how often an image is closer to its own caption than to its
     mirror's; ``text->image``: how often a caption is closer to its own image (a tie counts half).
-    Chance is 50%; a model that reads the words as a bag scores about 50. Whole-image input; seeds as in training, from
-    ``seed_block`` (training uses block 0).
+    Chance is 50%; a model that reads the words as a bag scores about 50. Whole-image input; the
+    pairs' seeds are those training draws, from ``seed_block`` (training uses block 0).
     """
     from .synthetic import _PAIR_SEEDS, pair_of
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n: expected a number of pairs >= 1, got {n!r}")
 
     p = preprocess_params(model)
     device = next(model.parameters()).device
