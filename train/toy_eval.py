@@ -209,28 +209,26 @@ def pair_top1(model, tokenizer: Callable, kind: str, n: int = 200, seed_block: i
     Chance is 50%; a model that reads the words as a bag scores about 50. Whole-image input; the
     pairs' seeds are those training draws, from ``seed_block`` (training uses block 0).
     """
-    from .synthetic import _PAIR_SEEDS, pair_of
+    from .synthetic import PAIR_KINDS, _pairs
 
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"kind: expected one of {PAIR_KINDS}, got {kind!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: expected a number of pairs >= 1, got {n!r}")
 
     p = preprocess_params(model)
     device = next(model.parameters()).device
-    i2t = t2i = done = 0
-    k = 0
-    while done < n:
-        k += 1
-        pair = pair_of(kind, seed_block * 10**7 + _PAIR_SEEDS[kind] + k, size)
-        if pair is None:
-            continue
+    stream = _pairs(kind, seed_block, size)  # the pairs training draws, from another seed block
+    i2t = t2i = 0
+    for _ in range(n):
+        pair = [next(stream)[0], next(stream)[0]]
         pix = torch.cat([prepare(s.image, mode="pad", **p)[0] for s in pair]).to(device)
         img = model.encode_image(pix, None, normalize=True).float()
         txt = model.encode_text(tokenizer([s.caption for s in pair]).to(device), normalize=True).float()
         sim = img @ txt.T
         i2t += _wins(sim[0, 0], sim[0, 1]) + _wins(sim[1, 1], sim[1, 0])
         t2i += _wins(sim[0, 0], sim[1, 0]) + _wins(sim[1, 1], sim[0, 1])
-        done += 1
-    return {"image->text": 50.0 * i2t / max(1, n), "text->image": 50.0 * t2i / max(1, n)}
+    return {"image->text": 50.0 * i2t / n, "text->image": 50.0 * t2i / n}
 
 
 def _wins(own: torch.Tensor, other: torch.Tensor) -> float:
