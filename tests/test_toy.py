@@ -195,6 +195,36 @@ def test_stage_one_with_pairs_records_them(tmp_path):
         main(argv[:-4] + ["0.5", "--clip-relation-pairs", "0.25", "--no-progress"])
 
 
+def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tmp_path):
+    argv = [str(tmp_path), "--config", "micro", "--clip-scenes", "16", "--alpha-scenes", "8", "--per-shard", "8",
+            "--batch-size", "4", "--clip-steps", "2", "--clip-warmup", "1", "--alpha-steps", "1", "--alpha-warmup", "1",
+            "--clip-phase-warmup", "1", "--clip-phase", "2", "1", "0", "--clip-phase", "1", "0.5", "0.5", "--no-progress"]
+    assert main(argv) == 0
+    # each phase: its own fresh samples (steps x batch, its own seed block), pairs at its fractions
+    for k, (n, pairs, kinds) in enumerate([(8, {"position": 1.0}, {"position"}),
+                                           (4, {"position": 0.5, "relation": 0.5}, {"position", "relation"})]):
+        done = json.loads((tmp_path / f"data-clip-p{k}" / "done.json").read_text())
+        assert (done["scenes"], done["seed"], done["pairs"]) == (n, 2 + k, pairs)
+        records = [r for f in sorted((tmp_path / f"data-clip-p{k}").glob("*.tar")) for _, _, r in iter_shard(f)]
+        assert len(records) == n and {r["meta"]["pair"] for r in records} <= kinds
+    # each phase starts from the previous result with stage 1's recipe; stage 2 from the last phase
+    models = [json.loads((tmp_path / run / "config.json").read_text()) for run in ("clip-p0", "clip-p1", "alpha")]
+    assert models[0]["model"] == f"local-dir:{tmp_path / 'clip' / 'final'}"
+    assert models[1]["model"] == f"local-dir:{tmp_path / 'clip-p0' / 'final'}"
+    assert [(m["steps"], m["warmup"], m["stage"], m["seed"]) for m in models[:2]] == [(2, 1, "clip", 2), (1, 1, "clip", 3)]
+    assert models[0]["freeze"] == ["token_embedding"] and models[0]["shuffle_buffer"] == 0
+    assert models[2]["model"] == f"local-dir:{tmp_path / 'clip-p1-start-x3'}"
+    summary = json.loads((tmp_path / "alpha" / "summary.json").read_text())
+    assert summary["recipe"]["clip_phases"] == [[2, 1.0, 0.0], [1, 0.5, 0.5]]
+    assert len(summary["clip"]["phases"]) == 2 and all(math.isfinite(ph["loss"]) for ph in summary["clip"]["phases"])
+    for bad in (["0", "0.5", "0"], ["2", "0.7", "0.5"], ["x", "0", "0"], ["2", "-1", "0"]):
+        with pytest.raises(SystemExit) as err:
+            main(argv[:-9] + ["--clip-phase", *bad])
+        assert err.value.code == 2
+    with pytest.raises(ValueError, match=r"clip_phases: expected a sequence of \(steps >= 1"):
+        make_tiny(tmp_path / "x", ToyRecipe(clip_phases=((True, 0.5, 0.0),)), progress=False)
+
+
 def test_partners_share_batches_in_shards(tmp_path):
     write_shards(tmp_path, 18, per_shard=6, seed=0, size=32, partners=("mirror", "shape"))
     records = [r for f in sorted(tmp_path.glob("*.tar")) for _, _, r in iter_shard(f)]

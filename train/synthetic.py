@@ -726,6 +726,14 @@ class ToyRecipe:
     #: ("a red circle on the left") and relations; they teach the base what the words mean (docs/toy.md)
     clip_position_pairs: float = 0.0
     clip_relation_pairs: float = 0.0
+    #: stage 1's curriculum: phases run after the ``clip_steps`` above, each a run of its own that starts
+    #: from the previous one's result, with stage 1's settings (warm-up ``clip_phase_warmup``), on
+    #: ``steps * batch_size`` fresh samples (seed block ``seed + 2 + k`` for phase k) of which the given
+    #: fractions are position and relation pairs (the rest the world's scenes with their partners):
+    #: ``((steps, position, relation), ...)``. Mixed into one run from the start, the pairs were not
+    #: learned; in this order, after a trained base, they were (docs/toy.md)
+    clip_phases: Tuple[Tuple[int, float, float], ...] = ()
+    clip_phase_warmup: int = 50
     #: twice the fifth round's 1,200: on validation scenes mask, box and retrieval all gained (docs/toy.md)
     alpha_steps: int = 2400
     alpha_lr: float = 1e-2             #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio
@@ -776,6 +784,26 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
     return time.perf_counter() - t0
 
 
+def _check_phases(phases) -> Tuple[Tuple[int, float, float], ...]:
+    """``clip_phases`` as a tuple of ``(steps, position, relation)``, checked."""
+    def ok(ph) -> bool:
+        if not (isinstance(ph, (list, tuple)) and len(ph) == 3):
+            return False
+        steps, pos, rel = ph
+        return (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1
+                and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f >= 0 for f in (pos, rel))
+                and pos + rel <= 1)
+    if not isinstance(phases, (list, tuple)) or not all(ok(ph) for ph in phases):
+        raise ValueError("clip_phases: expected a sequence of (steps >= 1, position, relation) with fractions "
+                         f">= 0 that sum to <= 1, got {phases!r}")
+    return tuple((int(s), float(p), float(r)) for s, p, r in phases)
+
+
+def _clip_final(work: Path, r: "ToyRecipe") -> Path:
+    """Stage 1's result: the last curriculum phase's, or the ``clip`` run's when there are none."""
+    return work / (f"clip-p{len(r.clip_phases) - 1}" if r.clip_phases else "clip") / "final"
+
+
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
     """Stage 2's data folder: ``data-alpha`` for the world's phrases, ``data-alpha-<region_phrases>`` otherwise,
     with ``-box<rate>`` appended when some regions are box-only."""
@@ -800,6 +828,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     from .loop import TrainConfig, train
 
     r = recipe or ToyRecipe()
+    phases = _check_phases(r.clip_phases)
     for stage in stages:
         if stage not in ("clip", "alpha"):
             raise ValueError(f"stages: expected 'clip' and/or 'alpha', got {stage!r}")
@@ -811,6 +840,9 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     pairs = {"position": r.clip_position_pairs, "relation": r.clip_relation_pairs}
     summary["data_s"] = round((_data(work / "data-clip", r.clip_scenes, r.seed, size, r.clip_partners, r.per_shard,
                                      pairs=pairs) if "clip" in stages else 0.0)
+                              + (sum(_data(work / f"data-clip-p{k}", steps * r.batch_size, r.seed + 2 + k, size,
+                                           r.clip_partners, r.per_shard, pairs={"position": pos, "relation": rel})
+                                     for k, (steps, pos, rel) in enumerate(phases)) if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
                                        r.alpha_region_phrases, r.alpha_box_rate)
                                  if "alpha" in stages else 0.0), 1)
@@ -827,13 +859,30 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
         summary["clip"] = {"seconds": round(time.perf_counter() - t0, 1),
                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
                            "logit_scale": _last_logged(work / "clip", "logit_scale")}
+        previous, done = work / "clip" / "final", []
+        for k, (steps, _, _) in enumerate(phases):
+            t1, c1 = time.perf_counter(), time.process_time()
+            res = train(TrainConfig(
+                data=[str(work / f"data-clip-p{k}")], output=str(work / f"clip-p{k}"), model=f"local-dir:{previous}",
+                stage="clip", steps=steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=r.clip_phase_warmup,
+                weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
+                logit_scale_lr=r.clip_logit_scale_lr, seed=r.seed + 2 + k, threads=r.threads,
+                freeze=("token_embedding",), shuffle_buffer=0, save_every=250, log_every=25, progress=progress))
+            previous = work / f"clip-p{k}" / "final"
+            done.append({"seconds": round(time.perf_counter() - t1, 1),
+                         "cpu_seconds": round(time.process_time() - c1, 1), "loss": res["loss"],
+                         "logit_scale": _last_logged(work / f"clip-p{k}", "logit_scale")})
+        if done:
+            summary["clip"]["phases"] = done
+            summary["clip"]["seconds"] = round(time.perf_counter() - t0, 1)
+            summary["clip"]["cpu_seconds"] = round(time.process_time() - c0, 1)
     elif (work / "clip" / "summary.json").is_file():  # stage 1 ran before, in another call
         summary["clip"] = json.loads((work / "clip" / "summary.json").read_text()).get("clip")
     if "alpha" in stages:
         t0, c0 = time.perf_counter(), time.process_time()
         res = train(TrainConfig(
             data=[str(_alpha_data(work, r))], output=str(work / alpha_name),
-            model=f"local-dir:{_stage2_start(work, r.patch_scale)}", stage="alpha", steps=r.alpha_steps,
+            model=f"local-dir:{_stage2_start(work, r)}", stage="alpha", steps=r.alpha_steps,
             batch_size=r.batch_size, lr=r.alpha_lr, lr_ratio=r.lr_ratio, warmup=r.alpha_warmup,
             weight_decay=r.alpha_weight_decay, logit_scale=r.logit_scale, label_smoothing=r.label_smoothing,
             whole_image_ratio=r.whole_image_ratio, seed=r.seed + 1, threads=r.threads,
@@ -844,7 +893,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     out = work / (alpha_name if "alpha" in stages else "clip") / "summary.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
     if install:
-        install_assets(work / alpha_name / "final", work / "clip" / "final", summary)
+        install_assets(work / alpha_name / "final", _clip_final(work, r), summary)
     return summary
 
 
@@ -881,11 +930,12 @@ def rescale_patch_embedding(src, dst, factor: float) -> Path:
 
 
 
-def _stage2_start(work: Path, patch_scale: float) -> Path:
-    """The folder stage 2 starts from: stage 1's result, its patch embedding scaled by ``patch_scale``."""
-    if patch_scale == 1.0:
-        return work / "clip" / "final"
-    return rescale_patch_embedding(work / "clip" / "final", work / f"clip-start-x{patch_scale:g}", patch_scale)
+def _stage2_start(work: Path, r: "ToyRecipe") -> Path:
+    """The folder stage 2 starts from: stage 1's result, its patch embedding scaled by ``r.patch_scale``."""
+    if r.patch_scale == 1.0:
+        return _clip_final(work, r)
+    final = _clip_final(work, r)
+    return rescale_patch_embedding(final, work / f"{final.parent.name}-start-x{r.patch_scale:g}", r.patch_scale)
 
 
 def _last_logged(run: Path, key: str) -> Optional[float]:
@@ -947,12 +997,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("workdir")
     p.add_argument("--stages", nargs="+", choices=("clip", "alpha"), default=["clip", "alpha"])
     p.add_argument("--alpha-name", default="alpha", help="stage-2 run folder (e.g. for an ablation)")
-    for f in ("clip_scenes", "alpha_scenes", "batch_size", "clip_steps", "clip_warmup", "alpha_steps",
+    for f in ("clip_scenes", "alpha_scenes", "batch_size", "clip_steps", "clip_warmup", "clip_phase_warmup", "alpha_steps",
               "alpha_warmup", "threads", "seed", "alpha_shuffle_buffer", "per_shard"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(d, f))
     for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "patch_scale", "lr_ratio", "alpha_weight_decay", "logit_scale",
               "label_smoothing", "whole_image_ratio", "alpha_box_rate", "clip_position_pairs", "clip_relation_pairs"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
+    p.add_argument("--clip-phase", nargs=3, action="append", metavar=("STEPS", "POSITION", "RELATION"),
+                   dest="clip_phases", default=None,
+                   help="a curriculum phase after stage 1's steps (repeat for more, in order): STEPS steps on fresh "
+                        "samples of which the fractions POSITION and RELATION are captioned pairs")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
@@ -960,7 +1014,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    fields = {f: getattr(a, f) for f in asdict(d) if f not in ("config", "clip_grad_clip", "clip_partners")}
+    phases = []
+    for steps, pos, rel in a.clip_phases or ():
+        try:
+            phases.append((int(steps), float(pos), float(rel)))
+        except ValueError:
+            p.error(f"--clip-phase: expected STEPS (an integer) POSITION RELATION (fractions), got {steps} {pos} {rel}")
+    try:
+        phases = _check_phases(phases)
+    except ValueError as e:
+        p.error(f"--clip-phase: {e}")
+    fields = {f: getattr(a, f) for f in asdict(d)
+              if f not in ("config", "clip_grad_clip", "clip_partners", "clip_phases")}
+    fields["clip_phases"] = phases
     recipe = ToyRecipe(config=json.loads(json.dumps(TINY_CFG if a.config == "tiny" else MICRO_CFG)), **fields)
     print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress), indent=2))
     return 0
