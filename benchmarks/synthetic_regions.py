@@ -289,14 +289,22 @@ def render_markdown(out: dict) -> str:
     tr = out.get("training") or {}
     if tr.get("clip") or tr.get("alpha"):
         lines += ["", "## Training record (`training.json` beside the weights)", "",
-                  "| stage | steps | wall s | CPU s | last loss | logit scale |", "|---|---|---|---|---|---|"]
+                  "Wall and CPU seconds count the call that wrote the record; training seconds are read from each "
+                  "run's log (its samples over its throughput), whichever calls the run took.", "",
+                  "| stage | steps | wall s | CPU s | training s (log) | last loss | logit scale |",
+                  "|---|---|---|---|---|---|---|"]
         recipe = tr.get("recipe", {})
-        for stage, steps_key, scale in (("clip", "clip_steps", (tr.get("clip") or {}).get("logit_scale")),
-                                        ("alpha", "alpha_steps", recipe.get("logit_scale"))):
-            rec_ = tr.get(stage)
-            if rec_:
-                lines.append(f"| {stage} | {recipe.get(steps_key, '?')} | {rec_['seconds']} | {rec_['cpu_seconds']} | "
-                             f"{rec_['loss']:.4f} | {scale if scale is None else f'{scale:.2f}'} |")
+        clip = tr.get("clip") or {}
+        rows = [("clip", recipe.get("clip_steps", "?"), clip, clip.get("logit_scale"))] if clip else []
+        phases = recipe.get("clip_phases") or []
+        rows += [(f"clip, phase {k + 1} (position pairs {pos:g}, relation pairs {rel:g})", steps, ph,
+                  ph.get("logit_scale")) for k, ((steps, pos, rel), ph) in enumerate(zip(phases, clip.get("phases", [])))]
+        if tr.get("alpha"):
+            rows.append(("alpha", recipe.get("alpha_steps", "?"), tr["alpha"], recipe.get("logit_scale")))
+        for name, steps, rec_, scale in rows:
+            lines.append(f"| {name} | {steps} | {rec_['seconds']} | {rec_['cpu_seconds']} | "
+                         f"{rec_.get('train_seconds', 'not recorded')} | {rec_['loss']:.4f} | "
+                         f"{scale if scale is None else f'{scale:.2f}'} |")
     return "\n".join(lines)
 
 

@@ -216,7 +216,11 @@ def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tm
     assert models[2]["model"] == f"local-dir:{tmp_path / 'clip-p1-start-x3'}"
     summary = json.loads((tmp_path / "alpha" / "summary.json").read_text())
     assert summary["recipe"]["clip_phases"] == [[2, 1.0, 0.0], [1, 0.5, 0.5]]
-    assert len(summary["clip"]["phases"]) == 2 and all(math.isfinite(ph["loss"]) for ph in summary["clip"]["phases"])
+    assert [ph["steps"] for ph in summary["clip"]["phases"]] == [2, 1]
+    assert all(math.isfinite(ph["loss"]) for ph in summary["clip"]["phases"])
+    # training time from each run's log (a resumed run's wall time counts only its last call)
+    rows = [json.loads(line) for line in (tmp_path / "clip-p0" / "log.jsonl").read_text().splitlines()]
+    assert summary["clip"]["phases"][0]["train_seconds"] == round(rows[-1]["samples"] / rows[-1]["samples_per_s"], 1)
     for bad in (["0", "0.5", "0"], ["2", "0.7", "0.5"], ["x", "0", "0"], ["2", "-1", "0"]):
         with pytest.raises(SystemExit) as err:
             main(argv[:-9] + ["--clip-phase", *bad])

@@ -858,7 +858,8 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
             log_every=25, progress=progress))
         summary["clip"] = {"seconds": round(time.perf_counter() - t0, 1),
                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
-                           "logit_scale": _last_logged(work / "clip", "logit_scale")}
+                           "logit_scale": _last_logged(work / "clip", "logit_scale"),
+                           "train_seconds": _logged_seconds(work / "clip")}
         previous, done = work / "clip" / "final", []
         for k, (steps, _, _) in enumerate(phases):
             t1, c1 = time.perf_counter(), time.process_time()
@@ -869,13 +870,12 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                 logit_scale_lr=r.clip_logit_scale_lr, seed=r.seed + 2 + k, threads=r.threads,
                 freeze=("token_embedding",), shuffle_buffer=0, save_every=250, log_every=25, progress=progress))
             previous = work / f"clip-p{k}" / "final"
-            done.append({"seconds": round(time.perf_counter() - t1, 1),
+            done.append({"steps": steps, "seconds": round(time.perf_counter() - t1, 1),
                          "cpu_seconds": round(time.process_time() - c1, 1), "loss": res["loss"],
-                         "logit_scale": _last_logged(work / f"clip-p{k}", "logit_scale")})
+                         "logit_scale": _last_logged(work / f"clip-p{k}", "logit_scale"),
+                         "train_seconds": _logged_seconds(work / f"clip-p{k}")})
         if done:
             summary["clip"]["phases"] = done
-            summary["clip"]["seconds"] = round(time.perf_counter() - t0, 1)
-            summary["clip"]["cpu_seconds"] = round(time.process_time() - c0, 1)
     elif (work / "clip" / "summary.json").is_file():  # stage 1 ran before, in another call
         summary["clip"] = json.loads((work / "clip" / "summary.json").read_text()).get("clip")
     if "alpha" in stages:
@@ -888,7 +888,8 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
             whole_image_ratio=r.whole_image_ratio, seed=r.seed + 1, threads=r.threads,
             shuffle_buffer=r.alpha_shuffle_buffer, save_every=250, log_every=25, progress=progress))
         summary["alpha"] = {"seconds": round(time.perf_counter() - t0, 1),
-                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"]}
+                            "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
+                            "train_seconds": _logged_seconds(work / alpha_name)}
     summary["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     out = work / (alpha_name if "alpha" in stages else "clip") / "summary.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
@@ -936,6 +937,18 @@ def _stage2_start(work: Path, r: "ToyRecipe") -> Path:
         return _clip_final(work, r)
     final = _clip_final(work, r)
     return rescale_patch_embedding(final, work / f"{final.parent.name}-start-x{r.patch_scale:g}", r.patch_scale)
+
+
+def _logged_seconds(run: Path) -> float:
+    """A run's training time from its log (each row's samples over its throughput), whichever calls it took:
+    ``seconds`` counts only the call that wrote the summary, which a resumed run makes too small."""
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    total, before = 0.0, 0
+    for row in rows:
+        if row.get("samples_per_s"):
+            total += (row["samples"] - before) / row["samples_per_s"]
+        before = row.get("samples", before)
+    return round(total, 1)
 
 
 def _last_logged(run: Path, key: str) -> Optional[float]:
