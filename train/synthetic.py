@@ -847,33 +847,27 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                                        r.alpha_region_phrases, r.alpha_box_rate)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
-    if "clip" in stages:
+
+    def stage1_run(name: str, data: str, start: Path, steps: int, warmup: int, seed: int) -> Dict[str, Any]:
+        """One stage-1 run (the ``clip`` run or a curriculum phase) with stage 1's settings; its record."""
         t0, c0 = time.perf_counter(), time.process_time()
         res = train(TrainConfig(
-            data=[str(work / "data-clip")], output=str(work / "clip"), model=f"local-dir:{cfg_dir}", stage="clip",
-            steps=r.clip_steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=r.clip_warmup,
+            data=[str(work / data)], output=str(work / name), model=f"local-dir:{start}", stage="clip",
+            steps=steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=warmup,
             weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
-            logit_scale_lr=r.clip_logit_scale_lr,
-            seed=r.seed, threads=r.threads, freeze=("token_embedding",), shuffle_buffer=0, save_every=250,
-            log_every=25, progress=progress))
-        summary["clip"] = {"seconds": round(time.perf_counter() - t0, 1),
-                           "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
-                           "logit_scale": _last_logged(work / "clip", "logit_scale"),
-                           "train_seconds": _logged_seconds(work / "clip")}
+            logit_scale_lr=r.clip_logit_scale_lr, seed=seed, threads=r.threads, freeze=("token_embedding",),
+            shuffle_buffer=0, save_every=250, log_every=25, progress=progress))
+        return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
+                "loss": res["loss"], "logit_scale": _last_logged(work / name, "logit_scale"),
+                "train_seconds": _logged_seconds(work / name)}
+
+    if "clip" in stages:
+        summary["clip"] = stage1_run("clip", "data-clip", cfg_dir, r.clip_steps, r.clip_warmup, r.seed)
         previous, done = work / "clip" / "final", []
         for k, (steps, _, _) in enumerate(phases):
-            t1, c1 = time.perf_counter(), time.process_time()
-            res = train(TrainConfig(
-                data=[str(work / f"data-clip-p{k}")], output=str(work / f"clip-p{k}"), model=f"local-dir:{previous}",
-                stage="clip", steps=steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=r.clip_phase_warmup,
-                weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
-                logit_scale_lr=r.clip_logit_scale_lr, seed=r.seed + 2 + k, threads=r.threads,
-                freeze=("token_embedding",), shuffle_buffer=0, save_every=250, log_every=25, progress=progress))
+            done.append({"steps": steps, **stage1_run(f"clip-p{k}", f"data-clip-p{k}", previous, steps,
+                                                      r.clip_phase_warmup, r.seed + 2 + k)})
             previous = work / f"clip-p{k}" / "final"
-            done.append({"steps": steps, "seconds": round(time.perf_counter() - t1, 1),
-                         "cpu_seconds": round(time.process_time() - c1, 1), "loss": res["loss"],
-                         "logit_scale": _last_logged(work / f"clip-p{k}", "logit_scale"),
-                         "train_seconds": _logged_seconds(work / f"clip-p{k}")})
         if done:
             summary["clip"]["phases"] = done
     elif (work / "clip" / "summary.json").is_file():  # stage 1 ran before, in another call
