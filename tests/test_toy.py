@@ -14,6 +14,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from alphaclip_core.alpha import prepare
 from alphaclip_train.eval.baselines import crop_region, mask_bbox, red_circle
 from alphaclip_train.loop import TrainConfig, train
+from alphaclip_train import synthetic
 from alphaclip_train.schema import iter_shard
 from alphaclip_train.synthetic import (ASSETS, LABELS, MICRO_CFG, POSITIONS, RELATIONS, TINY_CFG, ToyRecipe,
                                        install_assets, label_of, load_tiny, load_tiny_base, main, make_tiny,
@@ -193,6 +194,17 @@ def test_stage_one_with_pairs_records_them(tmp_path):
     assert {r["meta"]["pair"] for r in records} <= {None, "position", "relation"} and len(records) == 16
     with pytest.raises(ValueError, match="holds .* use another work folder"):  # other fractions, same folder
         main(argv[:-4] + ["0.5", "--clip-relation-pairs", "0.25", "--no-progress"])
+
+
+def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch):
+    """`python -m alphaclip_train.synthetic WORK` makes the toy of `ToyRecipe()`: every field, none lost."""
+    seen = []
+    monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append((work, recipe, args)) or {})
+    assert main([str(tmp_path)]) == 0
+    assert seen[0][1] == ToyRecipe() and seen[0][0] == str(tmp_path)
+    assert seen[0][2] == (["clip", "alpha"], "alpha", False, True)  # stages, alpha_name, install, progress
+    assert main([str(tmp_path), "--clip-phase", "5", "1", "0", "--alpha-lr", "0.04", "--no-progress"]) == 0
+    assert seen[1][1] == ToyRecipe(clip_phases=((5, 1.0, 0.0),), alpha_lr=0.04) and seen[1][2][3] is False
 
 
 def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tmp_path):
