@@ -183,8 +183,8 @@ def test_pairs_mixed_into_shards_keep_their_fractions_and_share_batches(tmp_path
 
 def test_stage_one_with_pairs_records_them(tmp_path):
     argv = [str(tmp_path), "--config", "micro", "--stages", "clip", "--clip-scenes", "16", "--per-shard", "8",
-            "--batch-size", "8", "--clip-steps", "1", "--clip-warmup", "1", "--clip-position-pairs", "0.25",
-            "--clip-relation-pairs", "0.5", "--no-progress"]
+            "--batch-size", "8", "--clip-steps", "1", "--clip-warmup", "1", "--no-clip-phases",
+            "--clip-position-pairs", "0.25", "--clip-relation-pairs", "0.5", "--no-progress"]
     assert main(argv) == 0
     done = json.loads((tmp_path / "data-clip" / "done.json").read_text())
     assert done["pairs"] == {"position": 0.25, "relation": 0.5}
@@ -196,7 +196,7 @@ def test_stage_one_with_pairs_records_them(tmp_path):
         main(argv[:-4] + ["0.5", "--clip-relation-pairs", "0.25", "--no-progress"])
 
 
-def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch):
+def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch, capsys):
     """`python -m alphaclip_train.synthetic WORK` makes the toy of `ToyRecipe()`: every field, none lost."""
     seen = []
     monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append((work, recipe, args)) or {})
@@ -205,6 +205,12 @@ def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch):
     assert seen[0][2] == (["clip", "alpha"], "alpha", False, True)  # stages, alpha_name, install, progress
     assert main([str(tmp_path), "--clip-phase", "5", "1", "0", "--alpha-lr", "0.04", "--no-progress"]) == 0
     assert seen[1][1] == ToyRecipe(clip_phases=((5, 1.0, 0.0),), alpha_lr=0.04) and seen[1][2][3] is False
+    assert main([str(tmp_path), "--no-clip-phases"]) == 0  # stage 1 as the plain run of --clip-steps
+    assert seen[2][1] == ToyRecipe(clip_phases=())
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--no-clip-phases", "--clip-phase", "5", "1", "0"])
+    assert e.value.code == 2 and len(seen) == 3
+    assert "--no-clip-phases: expected no --clip-phase with it" in capsys.readouterr().err
 
 
 def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tmp_path):

@@ -1013,7 +1013,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--clip-phase", nargs=3, action="append", metavar=("STEPS", "POSITION", "RELATION"),
                    dest="clip_phases", default=None,
                    help="a curriculum phase after stage 1's steps (repeat for more, in order): STEPS steps on fresh "
-                        "samples of which the fractions POSITION and RELATION are captioned pairs")
+                        "samples of which the fractions POSITION and RELATION are captioned pairs; given at least "
+                        "once, these replace the recipe's phases")
+    p.add_argument("--no-clip-phases", action="store_true",
+                   help="stage 1 without the recipe's curriculum phases (only its --clip-steps)")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
@@ -1021,7 +1024,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    phases = []
+    if a.no_clip_phases and a.clip_phases:
+        p.error("--no-clip-phases: expected no --clip-phase with it, got both")
+    # the recipe's phases unless --clip-phase replaces them or --no-clip-phases drops them
+    phases = list(d.clip_phases) if a.clip_phases is None and not a.no_clip_phases else []
     for steps, pos, rel in a.clip_phases or ():
         try:
             phases.append((int(steps), float(pos), float(rel)))
