@@ -358,7 +358,8 @@ def _micro_model():
 def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     """Both stages of the toy in seconds (micro model): the recipe's settings reach the loop, no NaN."""
     recipe = ToyRecipe(config=json.loads(json.dumps(MICRO_CFG)), clip_scenes=24, alpha_scenes=24, per_shard=12,
-                       batch_size=8, clip_steps=3, alpha_steps=3, clip_warmup=1, alpha_warmup=1)
+                       batch_size=8, clip_steps=3, alpha_steps=3, clip_warmup=1, alpha_warmup=1,
+                       clip_phases=(), alpha_region_phrases="labels")
     summary = make_tiny(tmp_path, recipe, progress=False)
     assert math.isfinite(summary["clip"]["loss"]) and math.isfinite(summary["alpha"]["loss"])
     # learned at its own pace (3 steps at 3e-2 move it well away from CLIP's 1/0.07 at the start), capped
