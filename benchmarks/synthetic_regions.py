@@ -9,7 +9,8 @@ Scores the toy Alpha-CLIP (stage 2 of ``python -m alphaclip_train.synthetic``) a
 * the toy referring-expression suite (twins told apart only by context);
 * whole-scene retrieval R@1 (base vs Alpha-CLIP with whole-image alpha) and single-object zero-shot;
 * position and relation words: a scene against its mirror image (:func:`~alphaclip_train.toy_eval.pair_top1`);
-* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask- and box-alpha top-1, REC and retrieval;
+* ablations (``--ablation NAME=FOLDER``, e.g. the r_s runs): mask- and box-alpha top-1, REC and retrieval
+  (``--keep-ablations`` keeps the rows an earlier run wrote to the same results, for ablations trained later);
 * the demo scene (what ``alphaclip demo`` prints), and every target of issue 19 with met / not met.
 
     python benchmarks/synthetic_regions.py                       # the shipped model, a few minutes
@@ -129,6 +130,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
                     help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
+    ap.add_argument("--keep-ablations", action="store_true",
+                    help="keep the ablation rows of the --out JSON that are not run again (same toy and scenes)")
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
@@ -192,6 +195,14 @@ def main() -> int:
            "zero_shot_scenes": args.zero_shot_scenes, "pairs": pairs, "pair_count": args.pairs,
            "ablations": ablations, "demo": demo, "training": training,
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
+    if args.keep_ablations:
+        previous = Path(args.out + ".json")
+        if not previous.is_file():
+            ap.error(f"--keep-ablations: expected earlier results at {previous}, found none")
+        try:
+            keep_ablations(json.loads(previous.read_text()), out)
+        except ValueError as e:
+            ap.error(f"--keep-ablations: {e}")
     out["targets"] = [dict(zip(("measure", "target", "measured", "met"), row)) for row in targets(out)]
     out["claims"] = [dict(zip(("claim", "paper", "toy", "holds"), row)) for row in claims(out)]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +210,29 @@ def main() -> int:
     Path(args.out + ".md").write_text(render_markdown(out) + "\n")
     print(render_markdown(out))
     return 0
+
+
+#: what must match for an earlier run's ablation rows to stand beside this run's: the same toy (its training
+#: record, which names every setting and time) and the same scenes (wherever the toy's folder lies)
+_SAME_RUN = ("training", "seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+
+
+def keep_ablations(previous: dict, out: dict) -> list:
+    """Put the ablation rows of an earlier run (``previous``, its JSON) into ``out`` before its own rows;
+    rows named again are this run's. Each ablation is scored on the same held-out scenes by the same
+    functions, so rows of two runs compare as long as the toy and the scene counts are the same (a
+    ``ValueError`` names the first that differs). The kept names go to ``out["ablations_kept"]`` (the
+    Markdown says which rows an earlier run measured). Returns them.
+    """
+    for key in _SAME_RUN:
+        if previous.get(key) != out.get(key):
+            if key == "training":
+                raise ValueError("the earlier results score another toy (its training record differs from this one's)")
+            raise ValueError(f"the earlier results' {key} is {previous.get(key)!r}, this run's {out.get(key)!r}")
+    kept = {k: v for k, v in previous.get("ablations", {}).items() if k not in out["ablations"]}
+    out["ablations"] = {**kept, **out["ablations"]}
+    out["ablations_kept"] = list(kept)
+    return list(kept)
 
 
 def claims(out: dict) -> list:
@@ -276,6 +310,9 @@ def render_markdown(out: dict) -> str:
                   "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | box-only regions | "
                   "r_s | region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
                   "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        if out.get("ablations_kept"):
+            lines[-2:-2] = [f"Rows {', '.join(out['ablations_kept'])}: measured by an earlier run of this benchmark on "
+                            "the same scenes (`--keep-ablations`).", ""]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "
                   f"{v.get('r_s', '?')} | "

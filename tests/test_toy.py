@@ -532,6 +532,40 @@ def test_docs_show_the_committed_toy_results():
     assert goals in (ROOT / "docs" / "training.md").read_text()
 
 
+def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and_scenes():
+    """``--keep-ablations``: rows not run again come from the earlier results, in front; rows run again are
+    the new ones; another toy or other scenes are refused by name; the Markdown says which rows were kept."""
+    import copy
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("synthetic_regions", ROOT / "benchmarks" / "synthetic_regions.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    committed = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
+    row = {"region mask alpha": 90.0, "region box alpha": 80.0, "rec mask alpha": 50.0,
+           "image->text R@1": 40.0, "text->image R@1": 30.0}
+    previous = copy.deepcopy(committed)
+    previous["ablations"] = {"a": dict(row), "b": dict(row)}
+    out = copy.deepcopy(committed)
+    out["ablations"] = {"b": {**row, "region mask alpha": 10.0}, "c": dict(row)}
+    assert bench.keep_ablations(previous, out) == ["a"]
+    assert list(out["ablations"]) == ["a", "b", "c"]
+    assert out["ablations"]["b"]["region mask alpha"] == 10.0 and out["ablations_kept"] == ["a"]
+    md = bench.render_markdown({**out, "targets": [], "claims": []})
+    assert "Rows a: measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`)." in md
+    assert md.index("Rows a:") < md.index("| run | stage-2 steps")
+    other = copy.deepcopy(committed)
+    other["scenes"] = 10
+    with pytest.raises(ValueError, match="the earlier results' scenes is 10, this run's 400"):
+        bench.keep_ablations(other, copy.deepcopy(committed))
+    other = copy.deepcopy(committed)
+    other["training"]["alpha"]["loss"] = 0.0
+    with pytest.raises(ValueError, match="the earlier results score another toy"):
+        bench.keep_ablations(other, copy.deepcopy(committed))
+
+
 def test_docs_toy_examples_run(capsys):
     """The Python blocks of docs/toy.md run as written (the world, then the shipped toy)."""
     torch.set_num_threads(1)
