@@ -510,9 +510,8 @@ def _md_table(text: str, heading: str) -> str:
     return "\n".join(rows)
 
 
-def test_docs_show_the_committed_toy_results():
-    """The results Markdown is what the benchmark renders from its JSON (nobody edited it by hand), and
-    README.md, docs/toy.md and docs/training.md show its tables verbatim, so prose and numbers agree."""
+def _benchmark_module():
+    """``benchmarks/synthetic_regions.py`` as a module (the benchmarks folder is not a package)."""
     import importlib.util
 
     from conftest import ROOT
@@ -520,6 +519,15 @@ def test_docs_show_the_committed_toy_results():
     spec = importlib.util.spec_from_file_location("synthetic_regions", ROOT / "benchmarks" / "synthetic_regions.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_docs_show_the_committed_toy_results():
+    """The results Markdown is what the benchmark renders from its JSON (nobody edited it by hand), and
+    README.md, docs/toy.md and docs/training.md show its tables verbatim, so prose and numbers agree."""
+    from conftest import ROOT
+
+    bench = _benchmark_module()
     results = ROOT / "benchmarks" / "results"
     out = json.loads((results / "synthetic_regions.json").read_text())
     md = (results / "synthetic_regions.md").read_text()
@@ -536,13 +544,10 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
     """``--keep-ablations``: rows not run again come from the earlier results, in front; rows run again are
     the new ones; another toy or other scenes are refused by name; the Markdown says which rows were kept."""
     import copy
-    import importlib.util
 
     from conftest import ROOT
 
-    spec = importlib.util.spec_from_file_location("synthetic_regions", ROOT / "benchmarks" / "synthetic_regions.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_module()
     committed = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
     row = {"region mask alpha": 90.0, "region box alpha": 80.0, "rec mask alpha": 50.0,
            "image->text R@1": 40.0, "text->image R@1": 30.0}
