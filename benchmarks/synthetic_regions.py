@@ -311,7 +311,8 @@ def render_markdown(out: dict) -> str:
                   "r_s | region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
                   "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         if out.get("ablations_kept"):
-            lines[-2:-2] = [f"Rows {', '.join(out['ablations_kept'])}: measured by an earlier run of this benchmark on "
+            # each name quoted: run names may hold commas
+            lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
                             "the same scenes (`--keep-ablations`).", ""]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "

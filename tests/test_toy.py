@@ -559,8 +559,8 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
     assert list(out["ablations"]) == ["a", "b", "c"]
     assert out["ablations"]["b"]["region mask alpha"] == 10.0 and out["ablations_kept"] == ["a"]
     md = bench.render_markdown({**out, "targets": [], "claims": []})
-    assert "Rows a: measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`)." in md
-    assert md.index("Rows a:") < md.index("| run | stage-2 steps")
+    assert "Rows 'a': measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`)." in md
+    assert md.index("Rows 'a':") < md.index("| run | stage-2 steps")
     other = copy.deepcopy(committed)
     other["scenes"] = 10
     with pytest.raises(ValueError, match="the earlier results' scenes is 10, this run's 400"):
