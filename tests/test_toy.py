@@ -202,7 +202,7 @@ def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append((work, recipe, args)) or {})
     assert main([str(tmp_path)]) == 0
     assert seen[0][1] == ToyRecipe() and seen[0][0] == str(tmp_path)
-    assert seen[0][2] == (["clip", "alpha"], "alpha", False, True)  # stages, alpha_name, install, progress
+    assert seen[0][2] == (["clip", "alpha"], "alpha", False, True, 0)  # stages, alpha_name, install, progress, keep_every
     assert main([str(tmp_path), "--clip-phase", "5", "1", "0", "--alpha-lr", "0.04", "--no-progress"]) == 0
     assert seen[1][1] == ToyRecipe(clip_phases=((5, 1.0, 0.0),), alpha_lr=0.04) and seen[1][2][3] is False
     assert main([str(tmp_path), "--no-clip-phases"]) == 0  # stage 1 as the plain run of --clip-steps
@@ -394,8 +394,10 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
         make_tiny(tmp_path, ToyRecipe(**{**recipe.__dict__, "clip_scenes": 30}), progress=False)
     # an ablation with the world's phrases, beside it in the same work folder: its own data, its own run
     world = make_tiny(tmp_path, ToyRecipe(**{**recipe.__dict__, "alpha_region_phrases": "world"}), ("alpha",),
-                      alpha_name="world", progress=False)
+                      alpha_name="world", progress=False, keep_every=2)
     assert world["recipe"]["alpha_region_phrases"] == "world" and math.isfinite(world["alpha"]["loss"])
+    assert "keep_every" not in world["recipe"]  # a run option, not the recipe's: it changes no weights
+    assert [f.name for f in sorted((tmp_path / "world" / "checkpoints").glob("step-*"))] == ["step-0000002.safetensors"]
     assert json.loads((tmp_path / "world" / "config.json").read_text())["data"] == [str(tmp_path / "data-alpha-box0.5")]
     # every measure of the benchmark runs on it and gives percentages
     scenes = held_out_scenes(3, size=32)

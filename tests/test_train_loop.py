@@ -87,6 +87,24 @@ def test_a_repeated_phrase_is_no_false_negative():
     assert contrastive_loss(img, other, 100.0, label_smoothing=0.0)[1].item() != pytest.approx(value.item(), rel=1e-3)
 
 
+def test_keep_every_keeps_the_weights_of_those_steps(world, tmp_path):
+    """keep_every=2 over 4 steps: step-0000002 and step-0000004 (fp32, the whole model); the last equals
+    the final open_clip weights bit for bit, the first differs from it; latest.pt is still written."""
+    from safetensors.torch import load_file
+
+    train(_cfg(world, tmp_path / "k", keep_every=2))
+    ckpt = tmp_path / "k" / "checkpoints"
+    assert sorted(f.name for f in ckpt.glob("step-*")) == ["step-0000002.safetensors", "step-0000004.safetensors"]
+    assert (ckpt / "latest.pt").is_file()
+    final = load_file(str(tmp_path / "k" / "final" / "open_clip_model.safetensors"))
+    last, early = load_file(str(ckpt / "step-0000004.safetensors")), load_file(str(ckpt / "step-0000002.safetensors"))
+    assert set(last) == set(final) and all(torch.equal(last[k], final[k]) for k in final)
+    assert last["visual.conv1_alpha.weight"].dtype == torch.float32
+    assert not torch.equal(early["visual.conv1_alpha.weight"], final["visual.conv1_alpha.weight"])
+    with pytest.raises(ValueError, match=r"keep_every: expected >= 0 \(0: keep no step files\), got -1"):
+        _cfg(world, tmp_path / "bad", keep_every=-1).validate()
+
+
 def test_param_groups_schedule_and_frozen_text(world):
     model = build_model(f"local-dir:{world / 'model'}")
     cfg = _cfg(world, "unused", lr=2e-4)

@@ -62,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="shards read side by side, their samples mixed (1: one shard at a time)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--save-every", type=int, default=d.save_every)
+    p.add_argument("--keep-every", type=int, default=d.keep_every,
+                   help="also keep the weights every N steps as checkpoints/step-NNNNNNN.safetensors (default 0: none)")
     p.add_argument("--log-every", type=int, default=d.log_every)
     p.add_argument("--tensorboard", action="store_true", help="also log to OUTPUT/tensorboard (needs tensorboard)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
@@ -102,7 +104,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         logit_scale_lr=args.logit_scale_lr,
         whole_image_ratio=args.whole_image_ratio, unfreeze_last=args.unfreeze_last, freeze=tuple(args.freeze), precision=args.precision,
         grad_checkpointing=args.grad_checkpointing, mode=args.mode, workers=args.workers,
-        shuffle_buffer=args.shuffle_buffer, interleave=args.interleave, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+        shuffle_buffer=args.shuffle_buffer, interleave=args.interleave, seed=args.seed, save_every=args.save_every,
+        keep_every=args.keep_every, log_every=args.log_every,
         tensorboard=args.tensorboard, threads=args.threads, device=args.device, resume=not args.no_resume,
         progress=not args.no_progress, max_empty_batches=args.max_empty_batches)
     result = train(cfg)

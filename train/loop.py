@@ -17,7 +17,9 @@ bias learned (at ``lr``, no weight decay) and the scale held at the base's own v
 
 Checkpoints (``<output>/checkpoints/latest.pt``, written atomically) hold the model, optimizer,
 scheduler, grad scaler, step, every rank's RNG states and the data position; a run started again
-with the same output folder resumes exactly where the last checkpoint left off. The final weights
+with the same output folder resumes exactly where the last checkpoint left off. With ``keep_every``
+the weights are also kept every that many steps (``checkpoints/step-NNNNNNN.safetensors``, the whole
+model's state dict, fp32), for looking at a run's course afterwards; ``latest.pt`` is overwritten. The final weights
 go to ``<output>/final/``: ``visual.pth`` (the reference release's visual-only format) and an
 open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
 """
@@ -113,6 +115,8 @@ class TrainConfig:
     interleave: int = 4                     #: shards read side by side (1: one shard at a time)
     seed: int = 0
     save_every: int = 500
+    #: also keep the weights every N steps as checkpoints/step-NNNNNNN.safetensors (0: latest.pt only)
+    keep_every: int = 0
     log_every: int = 10
     tensorboard: bool = False
     threads: Optional[int] = None           #: torch CPU threads per process (None: torch's default)
@@ -136,6 +140,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ValueError(f"warmup: expected >= 0, got {self.warmup}")
+        if self.keep_every < 0:
+            raise ValueError(f"keep_every: expected >= 0 (0: keep no step files), got {self.keep_every}")
         if self.logit_scale_lr is not None and self.logit_scale_lr <= 0:
             raise ValueError(f"logit_scale_lr: expected > 0 or None, got {self.logit_scale_lr}")
         if self.lr <= 0 or self.lr_ratio < 0:
@@ -567,6 +573,10 @@ def train(cfg: TrainConfig) -> Dict[str, Any]:
             if step % cfg.save_every == 0 or step == cfg.steps:
                 _save_checkpoint(latest, master or model, opt, sched, scaler, step, next_batch, cfg, rank, world,
                                  totals, dataset.fingerprint(), last_loss)
+            if cfg.keep_every and step % cfg.keep_every == 0 and rank == 0:
+                weights = (master or model).state_dict()
+                save_safetensors({k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+                                 ckpt_dir / f"step-{step:07d}.safetensors")
             if kill_at and step == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
         bar.close()

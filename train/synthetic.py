@@ -817,13 +817,16 @@ def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
 
 
 def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str] = ("clip", "alpha"),
-              alpha_name: str = "alpha", install: bool = False, progress: bool = True) -> Dict[str, Any]:
+              alpha_name: str = "alpha", install: bool = False, progress: bool = True,
+              keep_every: int = 0) -> Dict[str, Any]:
     """Make the toy: render the world, train stage ``clip`` then stage ``alpha`` (resumable).
 
     Writes ``workdir/data-clip`` and ``workdir/data-alpha-<region phrases>`` (shards), ``workdir/clip`` and
     ``workdir/<alpha_name>`` (runs, see :func:`alphaclip_train.loop.train`) and
     ``workdir/<alpha_name>/summary.json``; with ``install`` copies the result (fp16) into the
-    package's :data:`ASSETS`. Runs again with the same folder resume where they stopped.
+    package's :data:`ASSETS`. Runs again with the same folder resume where they stopped. ``keep_every``
+    (not part of the recipe: it changes no weights) keeps every run's weights every that many steps
+    (:class:`~alphaclip_train.loop.TrainConfig`'s ``keep_every``).
     Returns the summary (settings, seconds, losses, machine load).
     """
     import os
@@ -861,7 +864,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
             steps=steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=warmup,
             weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
             logit_scale_lr=r.clip_logit_scale_lr, seed=seed, threads=r.threads, freeze=("token_embedding",),
-            shuffle_buffer=0, save_every=250, log_every=25, progress=progress))
+            shuffle_buffer=0, save_every=250, keep_every=keep_every, log_every=25, progress=progress))
         return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
                 "loss": res["loss"], "logit_scale": _last_logged(work / name, "logit_scale"),
                 "train_seconds": _logged_seconds(work / name)}
@@ -885,7 +888,8 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
             batch_size=r.batch_size, lr=r.alpha_lr, lr_ratio=r.lr_ratio, warmup=r.alpha_warmup,
             weight_decay=r.alpha_weight_decay, logit_scale=r.logit_scale, label_smoothing=r.label_smoothing,
             whole_image_ratio=r.whole_image_ratio, seed=r.seed + 1, threads=r.threads,
-            shuffle_buffer=r.alpha_shuffle_buffer, save_every=250, log_every=25, progress=progress))
+            shuffle_buffer=r.alpha_shuffle_buffer, save_every=250, keep_every=keep_every, log_every=25,
+            progress=progress))
         summary["alpha"] = {"seconds": round(time.perf_counter() - t0, 1),
                             "cpu_seconds": round(time.process_time() - c0, 1), "loss": res["loss"],
                             "train_seconds": _logged_seconds(work / alpha_name)}
@@ -1027,6 +1031,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
     p.add_argument("--install", action="store_true", help="copy the result into the package's assets/")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--keep-every", type=int, default=0,
+                   help="keep each run's weights every N steps (checkpoints/step-NNNNNNN.safetensors; default 0: none)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if a.no_clip_phases and a.clip_phases:
@@ -1042,11 +1048,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         phases = _check_phases(phases)
     except ValueError as e:
         p.error(f"--clip-phase: {e}")
+    if a.keep_every < 0:
+        p.error(f"--keep-every: expected >= 0 (0: keep no step files), got {a.keep_every}")
     fields = {f: getattr(a, f) for f in asdict(d)
               if f not in ("config", "clip_grad_clip", "clip_partners", "clip_phases")}
     fields["clip_phases"] = phases
     recipe = ToyRecipe(config=json.loads(json.dumps(TINY_CFG if a.config == "tiny" else MICRO_CFG)), **fields)
-    print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress), indent=2))
+    print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress,
+                               a.keep_every), indent=2))
     return 0
 
 
