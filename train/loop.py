@@ -20,8 +20,8 @@ scheduler, grad scaler, step, every rank's RNG states and the data position; a r
 with the same output folder resumes exactly where the last checkpoint left off. With ``keep_every``
 the weights are also kept every that many steps (``checkpoints/step-NNNNNNN.safetensors``, the whole
 model's state dict, fp32), for looking at a run's course afterwards; ``latest.pt`` is overwritten.
-The final weights go to ``<output>/final/``: ``visual.pth`` (the reference release's visual-only format) and an
-open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
+The final weights go to ``<output>/final/``: ``visual.pth`` (the reference release's visual-only
+format) and an open_clip folder (``open_clip_config.json`` + ``open_clip_model.safetensors``).
 """
 from __future__ import annotations
 
