@@ -211,6 +211,11 @@ def test_cli_defaults_are_the_recipe(tmp_path, monkeypatch, capsys):
         main([str(tmp_path), "--no-clip-phases", "--clip-phase", "5", "1", "0"])
     assert e.value.code == 2 and len(seen) == 3
     assert "--no-clip-phases: expected no --clip-phase with it" in capsys.readouterr().err
+    assert main([str(tmp_path), "--keep-every", "250"]) == 0 and seen[3][2][4] == 250
+    with pytest.raises(SystemExit) as e:  # refused before any data is rendered or any run starts
+        main([str(tmp_path), "--keep-every", "-1"])
+    assert e.value.code == 2 and len(seen) == 4
+    assert "--keep-every: expected >= 0 (0: keep no step files), got -1" in capsys.readouterr().err
 
 
 def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tmp_path):
