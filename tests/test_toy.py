@@ -327,6 +327,76 @@ def test_box_rate_writes_some_regions_as_boxes_and_training_reads_their_rectangl
             write_shards(tmp_path / "x", 2, box_rate=bad)
 
 
+def test_caption_only_records_are_whole_image_samples_with_their_partners_side_by_side(tmp_path):
+    from alphaclip_core.alpha import whole_image_alpha
+    from alphaclip_train.data import RegionBatches
+
+    kw = dict(per_shard=120, seed=4, size=32, region_phrases="twins", box_rate=0.5)
+    full = [r for _, _, r in iter_shard(write_shards(tmp_path / "full", 120, **kw)[0])]
+    some = [r for _, _, r in iter_shard(write_shards(tmp_path / "cap", 120, caption_only=0.5, **kw)[0])]
+    mixed = [r for _, _, r in iter_shard(write_shards(tmp_path / "mix", 120, pairs={"position": 0.25, "relation": 0.25},
+                                                      pair_regions=False, caption_only=0.5, **kw)[0])]
+    bare = [i for i, r in enumerate(some) if not r["regions"]]
+    assert 40 <= len(bare) <= 80, len(bare)  # about half (sd 5.5)
+    for a, b in zip(full, some):  # the same scenes; a caption-only record keeps everything but its regions
+        assert {**a, "regions": []} == {**b, "regions": []}
+        assert b["regions"] in ([], a["regions"]) and len(b["meta"]["objects"]) == len(a["meta"]["objects"])
+    # which scenes lose their regions is fixed by each scene: the same ones with pairs mixed in
+    world = [r for r in mixed if r["meta"]["pair"] is None]
+    assert [bool(r["regions"]) for r in world] == [bool(r["regions"]) for r in some[:len(world)]]
+    pairs = [r for r in mixed if r["meta"]["pair"] is not None]
+    assert len(pairs) >= 20 and all(not r["regions"] for r in pairs)
+    # the loader reads every region-less record as one whole-image sample: all-ones alpha, its caption
+    tok = SimpleTokenizer(context_length=16)
+    n = sum(max(1, len(r["regions"])) for r in mixed)
+    batch = next(iter(RegionBatches([str(tmp_path / "mix" / "shard-00000.tar")], tok, n, 32,
+                                    whole_image_ratio=0.0, shuffle_buffer=0, progress=False)))
+    texts, k = [], 0
+    for r in mixed:
+        for g in r["regions"] or [None]:
+            texts.append(r["caption"] if g is None else g["phrase"])
+            if g is None:
+                assert torch.allclose(batch["alpha"][k], whole_image_alpha(1, 32)[0], atol=1e-6), k
+            k += 1
+    assert torch.equal(batch["text"], tok(texts))
+    # a pair's two captions are neighbours in the stream, so they share a batch
+    at = [i for i, t in enumerate(texts) if any(t == p["caption"] for p in pairs[:1])][0]
+    assert texts[at + 1] == pairs[1]["caption"]
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="caption_only: expected a fraction in"):
+            write_shards(tmp_path / "x", 2, caption_only=bad)
+
+
+def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, monkeypatch, capsys):
+    argv = [str(tmp_path), "--config", "micro", "--stages", "alpha", "--alpha-scenes", "16", "--per-shard", "8",
+            "--no-progress", "--alpha-position-pairs", "0.25", "--alpha-relation-pairs", "0.25",
+            "--alpha-caption-only", "0.5"]
+    seen = []
+    r = ToyRecipe(alpha_position_pairs=0.25, alpha_relation_pairs=0.25, alpha_caption_only=0.5)
+    assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.25-0.25-cap0.5"
+    assert synthetic._alpha_data(tmp_path, ToyRecipe()).name == "data-alpha-twins-box0.5"
+    synthetic._data(tmp_path / "d", 16, 1, 32, (), 8, "twins", 0.5, {"position": 0.25, "relation": 0.25},
+                    pair_regions=False, caption_only=0.5)
+    done = json.loads((tmp_path / "d" / "done.json").read_text())
+    assert (done["pairs"], done["pair_regions"], done["caption_only"]) == (
+        {"position": 0.25, "relation": 0.25}, False, 0.5)
+    records = [r for f in sorted((tmp_path / "d").glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert len(records) == 16 and all(not r["regions"] for r in records if r["meta"]["pair"])
+    with pytest.raises(ValueError, match="holds .* use another work folder"):  # the same folder, other data
+        synthetic._data(tmp_path / "d", 16, 1, 32, (), 8, "twins", 0.5, caption_only=0.25)
+    monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append(recipe) or {})
+    assert main(argv) == 0
+    assert (seen[0].alpha_position_pairs, seen[0].alpha_relation_pairs, seen[0].alpha_caption_only) == (0.25, 0.25, 0.5)
+    for bad, msg in ((["--alpha-caption-only", "1.5"], "--alpha-caption-only: expected a fraction in [0, 1], got 1.5"),
+                     (["--alpha-position-pairs", "-0.1"], "--alpha-position-pairs: expected a fraction in [0, 1]"),
+                     (["--alpha-position-pairs", "0.75", "--alpha-relation-pairs", "0.5"],
+                      "expected fractions that sum to <= 1, got 0.75 + 0.5")):
+        with pytest.raises(SystemExit) as e:  # refused by name before any data is rendered
+            main([str(tmp_path), *bad])
+        assert e.value.code == 2 and len(seen) == 1
+        assert msg in capsys.readouterr().err
+
+
 def test_rec_suite_needs_context():
     suite = rec_suite(10, size=64)
     assert len(suite) == 20

@@ -474,12 +474,23 @@ def _box_only(scene: Scene, i: int, box_rate: float) -> bool:
     return box_rate > 0 and random.Random(f"box:{scene.params['seed']}:{i}").random() < box_rate
 
 
+def _check_fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name}: expected a fraction in [0, 1], got {value!r}")
+
+
 def _check_box_rate(box_rate: float) -> None:
-    if isinstance(box_rate, bool) or not (isinstance(box_rate, (int, float)) and 0.0 <= box_rate <= 1.0):
-        raise ValueError(f"box_rate: expected a fraction in [0, 1], got {box_rate!r}")
+    _check_fraction("box_rate", box_rate)
 
 
-def scene_record(scene: Scene, key: str, region_phrases: str = "world", box_rate: float = 0.0) -> Dict[str, Any]:
+def _caption_only(scene: Scene, rate: float) -> bool:
+    """Whether ``scene`` is written without its regions (a pure function of the scene's seed and ``rate``;
+    its own generator, so neither the scene's draws nor :func:`_box_only`'s are touched)."""
+    return rate > 0 and random.Random(f"caption-only:{scene.params['seed']}").random() < rate
+
+
+def scene_record(scene: Scene, key: str, region_phrases: str = "world", box_rate: float = 0.0,
+                 regions: bool = True) -> Dict[str, Any]:
     """The shard record of a scene (schema version 1; attributes and the render arguments in ``meta``).
 
     ``region_phrases`` (one of :data:`REGION_PHRASES`) says what the regions' phrases are: ``"world"``
@@ -489,14 +500,16 @@ def scene_record(scene: Scene, key: str, region_phrases: str = "world", box_rate
     object's ``meta`` relation is that of the phrase written (None for a label). The caption is the
     world's in every case. ``box_rate``: the fraction of regions written with their box only (``"mask":
     null``, so that training reads a rectangle as their alpha, as for box-level grounding data); which
-    ones is fixed by the scene's seed.
+    ones is fixed by the scene's seed. ``regions=False`` writes the record with its caption only (no
+    regions; the objects stay in ``meta``): training reads it as one whole-image sample with all-ones
+    alpha, like an image-text pair of a captioning dataset.
     """
     _check_region_phrases(region_phrases)
     _check_box_rate(box_rate)
     said = [_said(o, region_phrases) for o in scene.objects]
     regions = [{"phrase": phrase, "box": o["box"], "mask": None if _box_only(scene, i, box_rate) else rle_encode(m),
                 "source": "synthetic"}
-               for i, ((phrase, _), o, m) in enumerate(zip(said, scene.objects, scene.masks))]
+               for i, ((phrase, _), o, m) in enumerate(zip(said, scene.objects, scene.masks))] if regions else []
     meta = {"world": WORLD, "background": scene.background, "render": scene.params,
             "objects": [{**{k: o[k] for k in ("shape", "colour", "size", "twin")}, "relation": rel}
                         for (_, rel), o in zip(said, scene.objects)]}
@@ -537,7 +550,8 @@ def _mixed(world, pairs: Dict[str, float], seed: int, size: int):
 def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, size: int = 64,
                  quality: int = 95, progress: bool = False, partners: Sequence[str] = (),
                  region_phrases: str = "world", box_rate: float = 0.0,
-                 pairs: Optional[Dict[str, float]] = None) -> List[Path]:
+                 pairs: Optional[Dict[str, float]] = None, pair_regions: bool = True,
+                 caption_only: float = 0.0) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
     ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
@@ -547,8 +561,13 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
     samples that are captioned mirror pairs of each kind of :data:`PAIR_KINDS` (:func:`pair_of`),
     e.g. ``{"position": 0.2, "relation": 0.2}``, mixed in blocks of 4 samples; their records carry
     ``meta["pair"]`` (the kind). The world's scenes fill the rest, in the same order as without pairs.
+    ``pair_regions=False`` writes the pairs with their captions only (each one whole-image sample in
+    training, the two of a pair side by side); ``caption_only``: the fraction of the world's scenes
+    written with their captions only (which ones is fixed by each scene's seed). Both add whole-image
+    samples to a stage-2 stream beyond r_s's one per record (:mod:`alphaclip_train.data`).
     """
     pairs = _check_pairs(pairs)
+    _check_fraction("caption_only", caption_only)
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
@@ -570,7 +589,8 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
                     scene, kind = next(scenes)
                     buf = io.BytesIO()
                     scene.image.save(buf, format="JPEG", quality=quality)
-                    record = scene_record(scene, f"{i:08d}", region_phrases, box_rate)
+                    keep = pair_regions if kind is not None else not _caption_only(scene, caption_only)
+                    record = scene_record(scene, f"{i:08d}", region_phrases, box_rate, regions=keep)
                     if pairs:
                         record["meta"]["pair"] = kind
                     w.write(buf.getvalue(), record)
@@ -760,12 +780,19 @@ class ToyRecipe:
     #: fraction of stage 2's regions given as their box only (a rectangle as alpha), the rest as masks:
     #: with masks only, the toy reads an object's shape off its mask and box alpha fails (docs/toy.md)
     alpha_box_rate: float = 0.5
+    #: fractions of stage 2's records that are captioned mirror pairs (:func:`pair_of`) written with their
+    #: captions only (whole-image samples, partners side by side), and of the world's scenes written with
+    #: their captions only: whole-image data beyond r_s's one sample per record (0: SPEC's data, docs/toy.md)
+    alpha_position_pairs: float = 0.0
+    alpha_relation_pairs: float = 0.0
+    alpha_caption_only: float = 0.0
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
 
 def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int,
-          region_phrases: str = "world", box_rate: float = 0.0, pairs: Optional[Dict[str, float]] = None) -> float:
+          region_phrases: str = "world", box_rate: float = 0.0, pairs: Optional[Dict[str, float]] = None,
+          pair_regions: bool = True, caption_only: float = 0.0) -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
     pairs = _check_pairs(pairs)
     want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
@@ -776,6 +803,10 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         want["region_phrases"] = region_phrases
     if box_rate:
         want["box_rate"] = box_rate
+    if pairs and not pair_regions:
+        want["pair_regions"] = False
+    if caption_only:
+        want["caption_only"] = caption_only
     done = folder / "done.json"
     if done.is_file():
         have = json.loads(done.read_text())
@@ -784,7 +815,8 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         return 0.0
     t0 = time.perf_counter()
     write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners,
-                 region_phrases=region_phrases, box_rate=box_rate, pairs=pairs)
+                 region_phrases=region_phrases, box_rate=box_rate, pairs=pairs, pair_regions=pair_regions,
+                 caption_only=caption_only)
     done.write_text(json.dumps(want) + "\n")
     return time.perf_counter() - t0
 
@@ -811,9 +843,13 @@ def _clip_final(work: Path, r: "ToyRecipe") -> Path:
 
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
     """Stage 2's data folder: ``data-alpha`` for the world's phrases, ``data-alpha-<region_phrases>`` otherwise,
-    with ``-box<rate>`` appended when some regions are box-only."""
+    with ``-box<rate>`` appended when some regions are box-only, ``-pairs<position>-<relation>`` when
+    caption-only pairs are mixed in and ``-cap<fraction>`` when some scenes are caption-only."""
     name = "data-alpha" if r.alpha_region_phrases == "world" else f"data-alpha-{r.alpha_region_phrases}"
-    return work / (name + (f"-box{r.alpha_box_rate:g}" if r.alpha_box_rate else ""))
+    name += f"-box{r.alpha_box_rate:g}" if r.alpha_box_rate else ""
+    if r.alpha_position_pairs or r.alpha_relation_pairs:
+        name += f"-pairs{r.alpha_position_pairs:g}-{r.alpha_relation_pairs:g}"
+    return work / (name + (f"-cap{r.alpha_caption_only:g}" if r.alpha_caption_only else ""))
 
 
 def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str] = ("clip", "alpha"),
@@ -852,7 +888,9 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                                            r.clip_partners, r.per_shard, pairs={"position": pos, "relation": rel})
                                      for k, (steps, pos, rel) in enumerate(phases)) if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
-                                       r.alpha_region_phrases, r.alpha_box_rate)
+                                       r.alpha_region_phrases, r.alpha_box_rate,
+                                       {"position": r.alpha_position_pairs, "relation": r.alpha_relation_pairs},
+                                       pair_regions=False, caption_only=r.alpha_caption_only)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
 
@@ -1017,7 +1055,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "alpha_warmup", "threads", "seed", "alpha_shuffle_buffer", "per_shard"):
         p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(d, f))
     for f in ("clip_lr", "clip_logit_scale_lr", "clip_weight_decay", "alpha_lr", "patch_scale", "lr_ratio", "alpha_weight_decay", "logit_scale",
-              "label_smoothing", "whole_image_ratio", "alpha_box_rate", "clip_position_pairs", "clip_relation_pairs"):
+              "label_smoothing", "whole_image_ratio", "alpha_box_rate", "clip_position_pairs", "clip_relation_pairs",
+              "alpha_position_pairs", "alpha_relation_pairs", "alpha_caption_only"):
         p.add_argument("--" + f.replace("_", "-"), type=float, default=getattr(d, f))
     p.add_argument("--clip-phase", nargs=3, action="append", metavar=("STEPS", "POSITION", "RELATION"),
                    dest="clip_phases", default=None,
@@ -1050,6 +1089,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--clip-phase: {e}")
     if a.keep_every < 0:
         p.error(f"--keep-every: expected >= 0 (0: keep no step files), got {a.keep_every}")
+    for f in ("alpha_position_pairs", "alpha_relation_pairs", "alpha_caption_only"):
+        if not 0.0 <= getattr(a, f) <= 1.0:
+            p.error(f"--{f.replace('_', '-')}: expected a fraction in [0, 1], got {getattr(a, f)}")
+    if a.alpha_position_pairs + a.alpha_relation_pairs > 1.0:
+        p.error("--alpha-position-pairs, --alpha-relation-pairs: expected fractions that sum to <= 1, got "
+                f"{a.alpha_position_pairs} + {a.alpha_relation_pairs}")
     fields = {f: getattr(a, f) for f in asdict(d)
               if f not in ("config", "clip_grad_clip", "clip_partners", "clip_phases")}
     fields["clip_phases"] = phases
