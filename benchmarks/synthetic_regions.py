@@ -182,7 +182,14 @@ def main() -> int:
                                     # recipes from before the setting used the world's phrases
                                     "region_phrases": recipe.get("alpha_region_phrases", "world" if recipe else "?"),
                                     # fraction of stage 2's regions given as boxes only (recipes before: none)
-                                    "box_rate": recipe.get("alpha_box_rate", 0.0) if recipe else "?"})
+                                    "box_rate": recipe.get("alpha_box_rate", 0.0) if recipe else "?",
+                                    # caption-only records mixed into stage 2's data (recipes before: none)
+                                    "caption_only": _caption_only(recipe) if recipe else "?"})
+            log = Path(path).parent / "log.jsonl"  # the run's realised whole-image share of its samples
+            rows = log.read_text().splitlines() if log.is_file() else []
+            last = json.loads(rows[-1]) if rows else {}
+            if last.get("samples"):
+                ablations[name]["whole_share"] = round(100.0 * last.get("whole_image", 0) / last["samples"], 1)
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
@@ -215,6 +222,14 @@ def main() -> int:
 #: what must match for an earlier run's ablation rows to stand beside this run's: the same toy (its training
 #: record, which names every setting and time) and the same scenes (wherever the toy's folder lies)
 _SAME_RUN = ("training", "seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+
+
+def _caption_only(recipe: dict) -> str:
+    """The caption-only records of a toy recipe's stage-2 data, in words ("none" for SPEC's data)."""
+    pos, rel = recipe.get("alpha_position_pairs", 0.0), recipe.get("alpha_relation_pairs", 0.0)
+    cap = recipe.get("alpha_caption_only", 0.0)
+    parts = ([f"pairs {pos:g} + {rel:g}"] if pos or rel else []) + ([f"scenes {cap:g}"] if cap else [])
+    return ", ".join(parts) or "none"
 
 
 def keep_ablations(previous: dict, out: dict) -> list:
@@ -308,15 +323,16 @@ def render_markdown(out: dict) -> str:
     if out["ablations"]:
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
                   "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | box-only regions | "
-                  "r_s | region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
-                  "text->image R@1 |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "r_s | caption-only records | whole-image share % | region top-1, mask alpha | "
+                  "region top-1, box alpha | REC, mask alpha | image->text R@1 | text->image R@1 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         if out.get("ablations_kept"):
             # each name quoted: run names may hold commas
             lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
                             "the same scenes (`--keep-ablations`).", ""]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "
-                  f"{v.get('r_s', '?')} | "
+                  f"{v.get('r_s', '?')} | {v.get('caption_only', '?')} | {v.get('whole_share', '?')} | "
                   f"{v['region mask alpha']:.1f} | {v['region box alpha']:.1f} | "
                   f"{v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |"
                   for k, v in out["ablations"].items()]

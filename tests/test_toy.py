@@ -648,6 +648,26 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
         bench.keep_ablations(other, copy.deepcopy(committed))
 
 
+def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
+    """An ablation row names its caption-only records and shows its realised whole-image share."""
+    from conftest import ROOT
+
+    bench = _benchmark_module()
+    assert bench._caption_only({"alpha_box_rate": 0.5}) == "none"  # recipes from before the setting: SPEC's data
+    assert bench._caption_only({"alpha_position_pairs": 0.1, "alpha_relation_pairs": 0.1,
+                                "alpha_caption_only": 0.8}) == "pairs 0.1 + 0.1, scenes 0.8"
+    assert bench._caption_only({"alpha_caption_only": 0.7}) == "scenes 0.7"
+    committed = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
+    row = {"region mask alpha": 90.0, "region box alpha": 80.0, "rec mask alpha": 50.0, "image->text R@1": 40.0,
+           "text->image R@1": 30.0, "r_s": 0.1, "caption_only": "scenes 0.7", "whole_share": 52.6}
+    md = bench.render_markdown({**committed, "ablations": {"x": row}, "targets": [], "claims": []})
+    head = next(line for line in md.splitlines() if line.startswith("| run | stage-2 steps"))
+    line = next(line for line in md.splitlines() if line.startswith("| x |"))
+    cells = dict(zip(head.split(" | "), line.split(" | ")))
+    assert cells["caption-only records"] == "scenes 0.7" and cells["whole-image share %"] == "52.6"
+    assert cells["r_s"] == "0.1" and len(head.split(" | ")) == len(line.split(" | "))
+
+
 def test_docs_toy_examples_run(capsys):
     """The Python blocks of docs/toy.md run as written (the world, then the shipped toy)."""
     torch.set_num_threads(1)
