@@ -666,6 +666,26 @@ def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
     cells = dict(zip(head.split(" | "), line.split(" | ")))
     assert cells["caption-only records"] == "scenes 0.7" and cells["whole-image share %"] == "52.6"
     assert cells["r_s"] == "0.1" and len(head.split(" | ")) == len(line.split(" | "))
+    # the claims and targets say when the shipped toy's stage 2 read caption-only records beside r_s
+    assert bench._shipped_data(committed) == _caption_only_words(committed["training"]["recipe"])
+    shipped = {**committed, "training": {**committed["training"], "recipe": {
+        **committed["training"]["recipe"], "alpha_position_pairs": 0.1, "alpha_relation_pairs": 0.1,
+        "alpha_caption_only": 0.8}}}
+    for rows in (bench.claims(shipped), bench.targets(shipped)):
+        said = " ".join(str(cell) for row in rows for cell in row)
+        assert "0.1 + caption-only records / 1.0" in said
+    assert bench.claims(shipped)[2][2].endswith(
+        "; stage 2 read caption-only records beside r_s = 0.1: pairs 0.1 + 0.1, scenes 0.8")
+
+
+def _caption_only_words(recipe: dict) -> str:
+    """What the benchmark should call a recipe's caption-only records (test_toy's own reading)."""
+    parts = []
+    if recipe.get("alpha_position_pairs") or recipe.get("alpha_relation_pairs"):
+        parts.append(f"pairs {recipe['alpha_position_pairs']:g} + {recipe['alpha_relation_pairs']:g}")
+    if recipe.get("alpha_caption_only"):
+        parts.append(f"scenes {recipe['alpha_caption_only']:g}")
+    return ", ".join(parts) or "none"
 
 
 def test_docs_toy_examples_run(capsys):
