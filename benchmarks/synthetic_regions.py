@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
-from alphaclip_train.synthetic import ASSETS, LABELS, load_tiny, load_tiny_base, rec_suite  # noqa: E402
+from alphaclip_train.synthetic import ASSETS, LABELS, _last_logged, load_tiny, load_tiny_base, rec_suite  # noqa: E402
 from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, pair_top1,  # noqa: E402
                                       rec_top1, region_top1, retrieval, single_object_scenes, zero_shot)
 
@@ -196,11 +196,10 @@ def main() -> int:
                                     "box_rate": recipe.get("alpha_box_rate", 0.0) if recipe else "?",
                                     # caption-only records mixed into stage 2's data (recipes before: none)
                                     "caption_only": _caption_only(recipe) if recipe else "?"})
-            log = Path(path).parent / "log.jsonl"  # the run's realised whole-image share of its samples
-            rows = log.read_text().splitlines() if log.is_file() else []
-            last = json.loads(rows[-1]) if rows else {}
-            if last.get("samples"):
-                ablations[name]["whole_share"] = round(100.0 * last.get("whole_image", 0) / last["samples"], 1)
+            run = Path(path).parent  # the run's realised whole-image share of its samples, from its log
+            samples = _last_logged(run, "samples") if (run / "log.jsonl").is_file() else None
+            if samples:
+                ablations[name]["whole_share"] = round(100.0 * (_last_logged(run, "whole_image") or 0) / samples, 1)
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
     training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}

@@ -1090,8 +1090,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.keep_every < 0:
         p.error(f"--keep-every: expected >= 0 (0: keep no step files), got {a.keep_every}")
     for f in ("alpha_position_pairs", "alpha_relation_pairs", "alpha_caption_only"):
-        if not 0.0 <= getattr(a, f) <= 1.0:
-            p.error(f"--{f.replace('_', '-')}: expected a fraction in [0, 1], got {getattr(a, f)}")
+        try:
+            _check_fraction("--" + f.replace("_", "-"), getattr(a, f))
+        except ValueError as e:
+            p.error(str(e))
     if a.alpha_position_pairs + a.alpha_relation_pairs > 1.0:
         p.error("--alpha-position-pairs, --alpha-relation-pairs: expected fractions that sum to <= 1, got "
                 f"{a.alpha_position_pairs} + {a.alpha_relation_pairs}")
