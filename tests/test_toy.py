@@ -390,7 +390,13 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
     for bad, msg in ((["--alpha-caption-only", "1.5"], "--alpha-caption-only: expected a fraction in [0, 1], got 1.5"),
                      (["--alpha-position-pairs", "-0.1"], "--alpha-position-pairs: expected a fraction in [0, 1]"),
                      (["--alpha-position-pairs", "0.75", "--alpha-relation-pairs", "0.5"],
-                      "expected fractions that sum to <= 1, got 0.75 + 0.5")):
+                      "expected fractions that sum to <= 1, got 0.75 + 0.5"),
+                     (["--alpha-box-rate", "2"], "--alpha-box-rate: expected a fraction in [0, 1], got 2.0"),
+                     (["--whole-image-ratio", "-0.5"], "--whole-image-ratio: expected a fraction in [0, 1], got -0.5"),
+                     (["--label-smoothing", "1.1"], "--label-smoothing: expected a fraction in [0, 1], got 1.1"),
+                     (["--clip-relation-pairs", "nan"], "--clip-relation-pairs: expected a fraction in [0, 1], got nan"),
+                     (["--clip-position-pairs", "0.6", "--clip-relation-pairs", "0.6"],
+                      "--clip-position-pairs, --clip-relation-pairs: expected fractions that sum to <= 1, got 0.6 + 0.6")):
         with pytest.raises(SystemExit) as e:  # refused by name before any data is rendered
             main([str(tmp_path), *bad])
         assert e.value.code == 2 and len(seen) == 1

@@ -1089,14 +1089,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error(f"--clip-phase: {e}")
     if a.keep_every < 0:
         p.error(f"--keep-every: expected >= 0 (0: keep no step files), got {a.keep_every}")
-    for f in ("alpha_position_pairs", "alpha_relation_pairs", "alpha_caption_only"):
+    # every fraction is refused here, by its flag, before stage 1's data is rendered: the stages check
+    # their own settings only when they start, which for stage 2's is an hour and a half in
+    for f in ("alpha_position_pairs", "alpha_relation_pairs", "alpha_caption_only", "alpha_box_rate",
+              "clip_position_pairs", "clip_relation_pairs", "whole_image_ratio", "label_smoothing"):
         try:
             _check_fraction("--" + f.replace("_", "-"), getattr(a, f))
         except ValueError as e:
             p.error(str(e))
-    if a.alpha_position_pairs + a.alpha_relation_pairs > 1.0:
-        p.error("--alpha-position-pairs, --alpha-relation-pairs: expected fractions that sum to <= 1, got "
-                f"{a.alpha_position_pairs} + {a.alpha_relation_pairs}")
+    for stage in ("alpha", "clip"):
+        pos, rel = getattr(a, f"{stage}_position_pairs"), getattr(a, f"{stage}_relation_pairs")
+        if pos + rel > 1.0:
+            p.error(f"--{stage}-position-pairs, --{stage}-relation-pairs: expected fractions that sum to <= 1, "
+                    f"got {pos} + {rel}")
     fields = {f: getattr(a, f) for f in asdict(d)
               if f not in ("config", "clip_grad_clip", "clip_partners", "clip_phases")}
     fields["clip_phases"] = phases
