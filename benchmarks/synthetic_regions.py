@@ -188,6 +188,7 @@ def main() -> int:
             recipe = json.loads(summary.read_text()).get("recipe", {}) if summary.is_file() else {}
             scale = recipe.get("patch_scale")
             ablations[name].update({"steps": cfg.get("steps"), "r_s": cfg.get("whole_image_ratio"), "lr": cfg.get("lr"),
+                                    "lr_ratio": cfg.get("lr_ratio"),  # the rest of the vision tower's lr / lr
                                     "label_smoothing": cfg.get("label_smoothing"),
                                     "patch_scale": "?" if scale is None else f"{scale:g}",
                                     # recipes from before the setting used the world's phrases
@@ -334,16 +335,19 @@ def render_markdown(out: dict) -> str:
                   f"{v['relation']['image->text']:.1f} | {v['relation']['text->image']:.1f} |"
                   for k, v in out["pairs"].items()]
     if out["ablations"]:
+        # results from before the lr ratio was recorded keep their table as it was rendered then
+        ratio = any("lr_ratio" in v for v in out["ablations"].values())
         lines += ["", "## Ablations (same base, stage 2 varied)", "",
-                  "| run | stage-2 steps | lr | label smoothing | patch scale | region phrases | box-only regions | "
-                  "r_s | caption-only records | whole-image share % | region top-1, mask alpha | "
-                  "region top-1, box alpha | REC, mask alpha | image->text R@1 | text->image R@1 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| run | stage-2 steps | lr | " + ("lr ratio | " if ratio else "") + "label smoothing | patch scale | "
+                  "region phrases | box-only regions | r_s | caption-only records | whole-image share % | "
+                  "region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
+                  "text->image R@1 |", "|---" * (16 if ratio else 15) + "|"]
         if out.get("ablations_kept"):
             # each name quoted: run names may hold commas
             lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
                             "the same scenes (`--keep-ablations`).", ""]
-        lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | {v.get('label_smoothing', '?')} | "
+        lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | "
+                  + (f"{v.get('lr_ratio', '?')} | " if ratio else "") + f"{v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "
                   # rows of toy recipes from before caption-only records read SPEC's data (as box_rate above)
                   f"{v.get('r_s', '?')} | {v.get('caption_only', 'none' if 'box_rate' in v else '?')} | "

@@ -655,7 +655,7 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
 
 
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
-    """An ablation row names its caption-only records and shows its realised whole-image share."""
+    """An ablation row names its caption-only records and lr ratio and shows its realised whole-image share."""
     from conftest import ROOT
 
     bench = _benchmark_module()
@@ -665,13 +665,18 @@ def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
     assert bench._caption_only({"alpha_caption_only": 0.7}) == "scenes 0.7"
     committed = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
     row = {"region mask alpha": 90.0, "region box alpha": 80.0, "rec mask alpha": 50.0, "image->text R@1": 40.0,
-           "text->image R@1": 30.0, "r_s": 0.1, "caption_only": "scenes 0.7", "whole_share": 52.6}
+           "text->image R@1": 30.0, "r_s": 0.1, "caption_only": "scenes 0.7", "whole_share": 52.6, "lr_ratio": 0.03}
     md = bench.render_markdown({**committed, "ablations": {"x": row}, "targets": [], "claims": []})
     head = next(line for line in md.splitlines() if line.startswith("| run | stage-2 steps"))
     line = next(line for line in md.splitlines() if line.startswith("| x |"))
     cells = dict(zip(head.split(" | "), line.split(" | ")))
     assert cells["caption-only records"] == "scenes 0.7" and cells["whole-image share %"] == "52.6"
-    assert cells["r_s"] == "0.1" and len(head.split(" | ")) == len(line.split(" | "))
+    assert cells["r_s"] == "0.1" and cells["lr ratio"] == "0.03" and len(head.split(" | ")) == len(line.split(" | "))
+    # results whose rows do not record the lr ratio (rendered before it was) keep their columns
+    row.pop("lr_ratio")
+    md = bench.render_markdown({**committed, "ablations": {"x": row}, "targets": [], "claims": []})
+    head = next(line for line in md.splitlines() if line.startswith("| run | stage-2 steps"))
+    assert "lr ratio" not in head and len(head.split(" | ")) == len(cells) - 1
     # the claims and targets say when the shipped toy's stage 2 read caption-only records beside r_s
     assert bench._shipped_data(committed) == _caption_only_words(committed["training"]["recipe"])
     shipped = {**committed, "training": {**committed["training"], "recipe": {
