@@ -337,11 +337,11 @@ def render_markdown(out: dict) -> str:
     if out["ablations"]:
         # results from before the lr ratio was recorded keep their table as it was rendered then
         ratio = any("lr_ratio" in v for v in out["ablations"].values())
-        lines += ["", "## Ablations (same base, stage 2 varied)", "",
-                  "| run | stage-2 steps | lr | " + ("lr ratio | " if ratio else "") + "label smoothing | patch scale | "
-                  "region phrases | box-only regions | r_s | caption-only records | whole-image share % | "
-                  "region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
-                  "text->image R@1 |", "|---" * (16 if ratio else 15) + "|"]
+        head = ("| run | stage-2 steps | lr | " + ("lr ratio | " if ratio else "") + "label smoothing | patch scale | "
+                "region phrases | box-only regions | r_s | caption-only records | whole-image share % | "
+                "region top-1, mask alpha | region top-1, box alpha | REC, mask alpha | image->text R@1 | "
+                "text->image R@1 |")
+        lines += ["", "## Ablations (same base, stage 2 varied)", "", head, "|---" * (head.count(" | ") + 1) + "|"]
         if out.get("ablations_kept"):
             # each name quoted: run names may hold commas
             lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
