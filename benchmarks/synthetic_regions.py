@@ -142,7 +142,7 @@ def main() -> int:
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
                     help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
     ap.add_argument("--keep-ablations", action="store_true",
-                    help="keep the ablation rows of the --out JSON that are not run again (same toy and scenes)")
+                    help="keep the ablation rows of the --out JSON that are not run again (same base and scenes)")
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
@@ -230,9 +230,38 @@ def main() -> int:
     return 0
 
 
-#: what must match for an earlier run's ablation rows to stand beside this run's: the same toy (its training
-#: record, which names every setting and time) and the same scenes (wherever the toy's folder lies)
-_SAME_RUN = ("training", "seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+#: what must match for an earlier run's ablation rows to stand beside this run's: the same base (its stage-1
+#: record in the toy's training record: every ablation is a stage 2 of that base, scored with its text tower)
+#: and the same scenes (wherever the toy's folder lies)
+_SAME_RUN = ("base", "seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+
+
+def _run_key(out: dict, key: str):
+    """``out``'s value for a :data:`_SAME_RUN` key; ``"base"`` is the stage-1 record of its training record."""
+    return (out.get("training") or {}).get("clip") if key == "base" else out.get(key)
+
+
+def keep_ablations(previous: dict, out: dict) -> list:
+    """Put the ablation rows of an earlier run (``previous``, its JSON) into ``out`` before its own rows;
+    rows named again are this run's. Each ablation is a stage 2 of the toy's base, scored on the same
+    held-out scenes by the same functions with the base's text tower, so rows of two runs compare as long
+    as the base and the scene counts are the same (a ``ValueError`` names the first that differs); the
+    shipped stage 2 may differ (``out["ablations_kept_other_toy"]`` then says so). The kept names go to
+    ``out["ablations_kept"]`` (the Markdown says which rows an earlier run measured). Returns them.
+    """
+    for key in _SAME_RUN:
+        if _run_key(previous, key) != _run_key(out, key):
+            if key == "base":
+                raise ValueError("the earlier results score another base (the stage-1 record of their training "
+                                 "record differs from this one's)")
+            raise ValueError(f"the earlier results' {key} is {previous.get(key)!r}, this run's {out.get(key)!r}")
+    kept = {k: v for k, v in previous.get("ablations", {}).items() if k not in out["ablations"]}
+    out["ablations"] = {**kept, **out["ablations"]}
+    out["ablations_kept"] = list(kept)
+    # a row kept twice keeps the toy it was first measured beside
+    other = previous.get("training") != out.get("training") or previous.get("ablations_kept_other_toy", False)
+    out["ablations_kept_other_toy"] = bool(kept) and other
+    return list(kept)
 
 
 def _caption_only(recipe: dict) -> str:
@@ -241,24 +270,6 @@ def _caption_only(recipe: dict) -> str:
     cap = recipe.get("alpha_caption_only", 0.0)
     parts = ([f"pairs {pos:g} + {rel:g}"] if pos or rel else []) + ([f"scenes {cap:g}"] if cap else [])
     return ", ".join(parts) or "none"
-
-
-def keep_ablations(previous: dict, out: dict) -> list:
-    """Put the ablation rows of an earlier run (``previous``, its JSON) into ``out`` before its own rows;
-    rows named again are this run's. Each ablation is scored on the same held-out scenes by the same
-    functions, so rows of two runs compare as long as the toy and the scene counts are the same (a
-    ``ValueError`` names the first that differs). The kept names go to ``out["ablations_kept"]`` (the
-    Markdown says which rows an earlier run measured). Returns them.
-    """
-    for key in _SAME_RUN:
-        if previous.get(key) != out.get(key):
-            if key == "training":
-                raise ValueError("the earlier results score another toy (its training record differs from this one's)")
-            raise ValueError(f"the earlier results' {key} is {previous.get(key)!r}, this run's {out.get(key)!r}")
-    kept = {k: v for k, v in previous.get("ablations", {}).items() if k not in out["ablations"]}
-    out["ablations"] = {**kept, **out["ablations"]}
-    out["ablations_kept"] = list(kept)
-    return list(kept)
 
 
 def claims(out: dict) -> list:
@@ -345,7 +356,9 @@ def render_markdown(out: dict) -> str:
         if out.get("ablations_kept"):
             # each name quoted: run names may hold commas
             lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
-                            "the same scenes (`--keep-ablations`).", ""]
+                            "the same scenes (`--keep-ablations`)"
+                            + (", when another stage 2 of the same base was the shipped toy."
+                               if out.get("ablations_kept_other_toy") else "."), ""]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | "
                   + (f"{v.get('lr_ratio', '?')} | " if ratio else "") + f"{v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "

@@ -625,7 +625,8 @@ def test_docs_show_the_committed_toy_results():
 
 def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and_scenes():
     """``--keep-ablations``: rows not run again come from the earlier results, in front; rows run again are
-    the new ones; another toy or other scenes are refused by name; the Markdown says which rows were kept."""
+    the new ones; another base or other scenes are refused by name, another stage 2 of the same base is
+    not; the Markdown says which rows were kept, and beside which toy."""
     import copy
 
     from conftest import ROOT
@@ -648,10 +649,21 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
     other["scenes"] = 10
     with pytest.raises(ValueError, match="the earlier results' scenes is 10, this run's 400"):
         bench.keep_ablations(other, copy.deepcopy(committed))
+    assert out["ablations_kept_other_toy"] is False
+    other = copy.deepcopy(committed)
+    other["training"]["clip"]["loss"] = 0.0
+    with pytest.raises(ValueError, match="the earlier results score another base"):
+        bench.keep_ablations(other, copy.deepcopy(committed))
+    # another stage 2 of the same base: its rows are kept, and the Markdown says they stood beside another toy
     other = copy.deepcopy(committed)
     other["training"]["alpha"]["loss"] = 0.0
-    with pytest.raises(ValueError, match="the earlier results score another toy"):
-        bench.keep_ablations(other, copy.deepcopy(committed))
+    other["ablations"] = {"a": dict(row)}
+    out = copy.deepcopy(committed)
+    out["ablations"] = {"c": dict(row)}
+    assert bench.keep_ablations(other, out) == ["a"] and out["ablations_kept_other_toy"] is True
+    md = bench.render_markdown({**out, "targets": [], "claims": []})
+    assert ("Rows 'a': measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`), "
+            "when another stage 2 of the same base was the shipped toy.") in md
 
 
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
