@@ -374,7 +374,9 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
     seen = []
     r = ToyRecipe(alpha_position_pairs=0.25, alpha_relation_pairs=0.25, alpha_caption_only=0.5)
     assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.25-0.25-cap0.5"
-    assert synthetic._alpha_data(tmp_path, ToyRecipe()).name == "data-alpha-twins-box0.5"
+    assert synthetic._alpha_data(tmp_path, ToyRecipe()).name == "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7"
+    spec = ToyRecipe(alpha_position_pairs=0.0, alpha_relation_pairs=0.0, alpha_caption_only=0.0)
+    assert synthetic._alpha_data(tmp_path, spec).name == "data-alpha-twins-box0.5"  # SPEC's data
     synthetic._data(tmp_path / "d", 16, 1, 32, (), 8, "twins", 0.5, {"position": 0.25, "relation": 0.25},
                     pair_regions=False, caption_only=0.5)
     done = json.loads((tmp_path / "d" / "done.json").read_text())
@@ -448,17 +450,21 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     clip_cfg = json.loads((tmp_path / "clip" / "config.json").read_text())
     assert clip_cfg["stage"] == "clip" and clip_cfg["label_smoothing"] == 0.0 and clip_cfg["shuffle_buffer"] == 0
     alpha_cfg = json.loads((tmp_path / "alpha" / "config.json").read_text())
-    for key, want in {"stage": "alpha", "logit_scale": 100.0, "weight_decay": 2e-2, "lr_ratio": 0.01,
+    for key, want in {"stage": "alpha", "logit_scale": 100.0, "weight_decay": 2e-2, "lr_ratio": 0.03,
                       "label_smoothing": 0.0, "whole_image_ratio": 0.1, "unfreeze_last": None}.items():
         assert alpha_cfg[key] == want, key
     assert alpha_cfg["model"] == f"local-dir:{tmp_path / 'clip-start-x3'}"  # stage 1's result, patch embedding x 3
-    # stage 2 reads the labels as region phrases, half of the regions as boxes only; stage 1 the world's captions
-    done = json.loads((tmp_path / "data-alpha-labels-box0.5" / "done.json").read_text())
-    assert done["region_phrases"] == "labels" and done["box_rate"] == 0.5
+    # stage 2 reads the labels as region phrases, half of the regions as boxes only, beside the recipe's
+    # caption-only records (mirror pairs and world scenes without their regions); stage 1 the world's captions
+    data = tmp_path / "data-alpha-labels-box0.5-pairs0.1-0.1-cap0.7"
+    done = json.loads((data / "done.json").read_text())
+    assert done["region_phrases"] == "labels" and done["box_rate"] == 0.5 and done["caption_only"] == 0.7
     assert "region_phrases" not in json.loads((tmp_path / "data-clip" / "done.json").read_text())
-    stage2 = [r for f in sorted((tmp_path / "data-alpha-labels-box0.5").glob("*.tar")) for _, _, r in iter_shard(f)]
-    assert [g["phrase"] for r in stage2 for g in r["regions"]] == \
-        [f"a {o['colour']} {o['shape']}" for r in stage2 for o in r["meta"]["objects"]]
+    stage2 = [r for f in sorted(data.glob("*.tar")) for _, _, r in iter_shard(f)]
+    with_regions = [r for r in stage2 if r["regions"]]
+    assert with_regions and len(with_regions) < len(stage2)  # some records are caption-only
+    assert [g["phrase"] for r in with_regions for g in r["regions"]] == \
+        [f"a {o['colour']} {o['shape']}" for r in with_regions for o in r["meta"]["objects"]]
     assert {g["mask"] is None for r in stage2 for g in r["regions"]} == {True, False}
     # the text tower of stage 2 is stage 1's, bit for bit; the alpha conv learned something
     folder = install_assets(tmp_path / "alpha" / "final", tmp_path / "clip" / "final", summary, tmp_path / "export")
@@ -479,7 +485,8 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     assert world["recipe"]["alpha_region_phrases"] == "world" and math.isfinite(world["alpha"]["loss"])
     assert "keep_every" not in world["recipe"]  # a run option, not the recipe's: it changes no weights
     assert [f.name for f in sorted((tmp_path / "world" / "checkpoints").glob("step-*"))] == ["step-0000002.safetensors"]
-    assert json.loads((tmp_path / "world" / "config.json").read_text())["data"] == [str(tmp_path / "data-alpha-box0.5")]
+    assert json.loads((tmp_path / "world" / "config.json").read_text())["data"] == [
+        str(tmp_path / "data-alpha-box0.5-pairs0.1-0.1-cap0.7")]
     # every measure of the benchmark runs on it and gives percentages
     scenes = held_out_scenes(3, size=32)
     res = list(region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box", "alpha: whole image"]).values())
@@ -566,7 +573,7 @@ def test_pair_top1_scores_a_scene_against_its_mirror_image(kind):
 
 def test_shipped_toy_focuses_on_the_region_it_is_given():
     """The shipped weights on 40 scenes of a block the benchmark does not use: the mask alpha moves the
-    answer to the region (here 95.5% top-1 against 31.5% with whole-image alpha and 31.5% for the base
+    answer to the region (here 96.4% top-1 against 31.5% with whole-image alpha and 30.6% for the base
     on the whole image). Not every target of the issue is met (benchmarks/results/synthetic_regions.md),
     so no more than this is asserted."""
     torch.set_num_threads(1)
