@@ -252,6 +252,29 @@ def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tm
         make_tiny(tmp_path / "x", ToyRecipe(clip_phases=((True, 0.5, 0.0),)), progress=False)
 
 
+def test_curriculum_can_keep_the_world_runs_logit_scale(tmp_path):
+    """``--clip-phase-keep-logit-scale``: the phases train with the logit scale frozen, so stage 1 ends
+    with the scale its world run reached (the shipped phases learn it again and end at 59)."""
+    from safetensors.torch import load_file
+
+    argv = [str(tmp_path), "--config", "micro", "--stages", "clip", "--clip-scenes", "16", "--per-shard", "8",
+            "--batch-size", "4", "--clip-steps", "3", "--clip-warmup", "1", "--clip-phase-warmup", "1",
+            "--clip-phase", "2", "1", "0", "--clip-phase-keep-logit-scale", "--no-progress"]
+    assert main(argv) == 0
+    cfg = json.loads((tmp_path / "clip-p0" / "config.json").read_text())
+    assert cfg["freeze"] == ["token_embedding", "logit_scale"]
+    assert json.loads((tmp_path / "clip" / "config.json").read_text())["freeze"] == ["token_embedding"]
+    world, phase = (load_file(str(tmp_path / run / "final" / "open_clip_model.safetensors"))
+                    for run in ("clip", "clip-p0"))
+    start = torch.log(torch.tensor(1 / 0.07))
+    assert not torch.allclose(world["logit_scale"], start, atol=1e-3)  # the world run learned it
+    assert torch.equal(phase["logit_scale"], world["logit_scale"])      # the phase kept it
+    assert not torch.equal(phase["visual.conv1.weight"], world["visual.conv1.weight"])  # and trained the rest
+    summary = json.loads((tmp_path / "clip" / "summary.json").read_text())
+    assert summary["recipe"]["clip_phase_keep_logit_scale"] is True
+    assert summary["clip"]["phases"][0]["logit_scale"] == pytest.approx(summary["clip"]["logit_scale"], rel=1e-6)
+
+
 def test_partners_share_batches_in_shards(tmp_path):
     write_shards(tmp_path, 18, per_shard=6, seed=0, size=32, partners=("mirror", "shape"))
     records = [r for f in sorted(tmp_path.glob("*.tar")) for _, _, r in iter_shard(f)]

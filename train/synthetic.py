@@ -758,6 +758,9 @@ class ToyRecipe:
     clip_phases: Tuple[Tuple[int, float, float], ...] = ((500, 1.0, 0.0), (1500, 0.5, 0.5), (1500, 0.5, 0.5),
                                                         (800, 0.25, 0.25))
     clip_phase_warmup: int = 50
+    #: keep the logit scale the world run ended with through the curriculum phases (frozen there), instead
+    #: of learning it again in each: the shipped phases pull it from 100 down to 59 (docs/toy.md, open)
+    clip_phase_keep_logit_scale: bool = False
     #: twice the fifth round's 1,200: on validation scenes mask, box and retrieval all gained (docs/toy.md)
     alpha_steps: int = 2400
     #: conv1_alpha; the rest of the vision tower at alpha_lr * lr_ratio. 4e-2: with the twins' phrases on
@@ -900,14 +903,15 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
 
-    def stage1_run(name: str, data: str, start: Path, steps: int, warmup: int, seed: int) -> Dict[str, Any]:
+    def stage1_run(name: str, data: str, start: Path, steps: int, warmup: int, seed: int,
+                   freeze: Tuple[str, ...] = ("token_embedding",)) -> Dict[str, Any]:
         """One stage-1 run (the ``clip`` run or a curriculum phase) with stage 1's settings; its record."""
         t0, c0 = time.perf_counter(), time.process_time()
         res = train(TrainConfig(
             data=[str(work / data)], output=str(work / name), model=f"local-dir:{start}", stage="clip",
             steps=steps, batch_size=r.batch_size, lr=r.clip_lr, warmup=warmup,
             weight_decay=r.clip_weight_decay, grad_clip=r.clip_grad_clip, label_smoothing=0.0,
-            logit_scale_lr=r.clip_logit_scale_lr, seed=seed, threads=r.threads, freeze=("token_embedding",),
+            logit_scale_lr=r.clip_logit_scale_lr, seed=seed, threads=r.threads, freeze=freeze,
             shuffle_buffer=0, save_every=250, keep_every=keep_every, log_every=25, progress=progress))
         return {"seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(time.process_time() - c0, 1),
                 "loss": res["loss"], "logit_scale": _last_logged(work / name, "logit_scale"),
@@ -916,9 +920,10 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     if "clip" in stages:
         summary["clip"] = stage1_run("clip", "data-clip", cfg_dir, r.clip_steps, r.clip_warmup, r.seed)
         previous, done = work / "clip" / "final", []
+        phase_freeze = ("token_embedding",) + (("logit_scale",) if r.clip_phase_keep_logit_scale else ())
         for k, (steps, _, _) in enumerate(phases):
             done.append({"steps": steps, **stage1_run(f"clip-p{k}", f"data-clip-p{k}", previous, steps,
-                                                      r.clip_phase_warmup, r.seed + 2 + k)})
+                                                      r.clip_phase_warmup, r.seed + 2 + k, phase_freeze)})
             previous = work / f"clip-p{k}" / "final"
         if done:
             summary["clip"]["phases"] = done
@@ -1071,6 +1076,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "once, these replace the recipe's phases")
     p.add_argument("--no-clip-phases", action="store_true",
                    help="stage 1 without the recipe's curriculum phases (only its --clip-steps)")
+    p.add_argument("--clip-phase-keep-logit-scale", action="store_true", default=d.clip_phase_keep_logit_scale,
+                   help="keep the logit scale the world run ended with through the curriculum phases (frozen there)")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
