@@ -246,8 +246,9 @@ def keep_ablations(previous: dict, out: dict) -> list:
     rows named again are this run's. Each ablation is a stage 2 of the toy's base, scored on the same
     held-out scenes by the same functions with the base's text tower, so rows of two runs compare as long
     as the base and the scene counts are the same (a ``ValueError`` names the first that differs); the
-    shipped stage 2 may differ (``out["ablations_kept_other_toy"]`` then says so). The kept names go to
-    ``out["ablations_kept"]`` (the Markdown says which rows an earlier run measured). Returns them.
+    shipped stage 2 may differ (``out["ablations_other_toy"]`` then names the rows measured beside
+    another one). The kept names go to ``out["ablations_kept"]`` (the Markdown says which rows an
+    earlier run measured). Returns them.
     """
     for key in _SAME_RUN:
         if _run_key(previous, key) != _run_key(out, key):
@@ -259,9 +260,19 @@ def keep_ablations(previous: dict, out: dict) -> list:
     out["ablations"] = {**kept, **out["ablations"]}
     out["ablations_kept"] = list(kept)
     # a row kept twice keeps the toy it was first measured beside
-    other = previous.get("training") != out.get("training") or previous.get("ablations_kept_other_toy", False)
-    out["ablations_kept_other_toy"] = bool(kept) and other
+    before = set(kept) if previous.get("training") != out.get("training") else set(previous.get("ablations_other_toy", ()))
+    out["ablations_other_toy"] = [k for k in kept if k in before]
     return list(kept)
+
+
+def _other_toy(out: dict) -> str:
+    """The end of the kept rows' sentence: which of them stood beside another stage 2 of the same base."""
+    other = out.get("ablations_other_toy") or []
+    if not other:
+        return "."
+    if other == out["ablations_kept"]:
+        return ", when another stage 2 of the same base was the shipped toy."
+    return f". Rows {', '.join(repr(k) for k in other)}: when another stage 2 of the same base was the shipped toy."
 
 
 def _caption_only(recipe: dict) -> str:
@@ -356,9 +367,7 @@ def render_markdown(out: dict) -> str:
         if out.get("ablations_kept"):
             # each name quoted: run names may hold commas
             lines[-2:-2] = [f"Rows {', '.join(repr(k) for k in out['ablations_kept'])}: measured by an earlier run of this benchmark on "
-                            "the same scenes (`--keep-ablations`)"
-                            + (", when another stage 2 of the same base was the shipped toy."
-                               if out.get("ablations_kept_other_toy") else "."), ""]
+                            "the same scenes (`--keep-ablations`)" + _other_toy(out), ""]
         lines += [f"| {k} | {v.get('steps', '?')} | {v.get('lr', '?')} | "
                   + (f"{v.get('lr_ratio', '?')} | " if ratio else "") + f"{v.get('label_smoothing', '?')} | "
                   f"{v.get('patch_scale', '?')} | {v.get('region_phrases', '?')} | {v.get('box_rate', '?')} | "

@@ -663,7 +663,7 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
 
     bench = _benchmark_module()
     committed = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
-    committed.pop("ablations_kept_other_toy", None)  # rows all measured beside this toy
+    committed.pop("ablations_other_toy", None)  # rows all measured beside this toy
     row = {"region mask alpha": 90.0, "region box alpha": 80.0, "rec mask alpha": 50.0,
            "image->text R@1": 40.0, "text->image R@1": 30.0}
     previous = copy.deepcopy(committed)
@@ -680,7 +680,7 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
     other["scenes"] = 10
     with pytest.raises(ValueError, match="the earlier results' scenes is 10, this run's 400"):
         bench.keep_ablations(other, copy.deepcopy(committed))
-    assert out["ablations_kept_other_toy"] is False
+    assert out["ablations_other_toy"] == []
     other = copy.deepcopy(committed)
     other["training"]["clip"]["loss"] = 0.0
     with pytest.raises(ValueError, match="the earlier results score another base"):
@@ -691,10 +691,17 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
     other["ablations"] = {"a": dict(row)}
     out = copy.deepcopy(committed)
     out["ablations"] = {"c": dict(row)}
-    assert bench.keep_ablations(other, out) == ["a"] and out["ablations_kept_other_toy"] is True
+    assert bench.keep_ablations(other, out) == ["a"] and out["ablations_other_toy"] == ["a"]
     md = bench.render_markdown({**out, "targets": [], "claims": []})
     assert ("Rows 'a': measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`), "
             "when another stage 2 of the same base was the shipped toy.") in md
+    # kept again beside the same toy: the row still names the toy it was measured beside; the new row does not
+    again = copy.deepcopy(out)
+    again["ablations"] = {"d": dict(row)}
+    assert bench.keep_ablations(out, again) == ["a", "c"] and again["ablations_other_toy"] == ["a"]
+    assert ("Rows 'a', 'c': measured by an earlier run of this benchmark on the same scenes (`--keep-ablations`). "
+            "Rows 'a': when another stage 2 of the same base was the shipped toy.") in \
+        bench.render_markdown({**again, "targets": [], "claims": []})
 
 
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
