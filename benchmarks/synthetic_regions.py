@@ -230,15 +230,18 @@ def main() -> int:
     return 0
 
 
-#: what must match for an earlier run's ablation rows to stand beside this run's: the same base (its stage-1
-#: record in the toy's training record: every ablation is a stage 2 of that base, scored with its text tower)
-#: and the same scenes (wherever the toy's folder lies)
-_SAME_RUN = ("base", "seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+#: what must match for an earlier run's ablation rows to stand beside this run's, besides the same base (the
+#: stage-1 record in the toy's training record: every ablation is a stage 2 of that base, scored with its text
+#: tower): the same scenes (wherever the toy's folder lies)
+_SAME_SCENES = ("seed_block", "scenes", "rec_expressions", "retrieval_scenes")
 
 
-def _run_key(out: dict, key: str):
-    """``out``'s value for a :data:`_SAME_RUN` key; ``"base"`` is the stage-1 record of its training record."""
-    return (out.get("training") or {}).get("clip") if key == "base" else out.get(key)
+def _caption_only(recipe: dict) -> str:
+    """The caption-only records of a toy recipe's stage-2 data, in words ("none" for SPEC's data)."""
+    pos, rel = recipe.get("alpha_position_pairs", 0.0), recipe.get("alpha_relation_pairs", 0.0)
+    cap = recipe.get("alpha_caption_only", 0.0)
+    parts = ([f"pairs {pos:g} + {rel:g}"] if pos or rel else []) + ([f"scenes {cap:g}"] if cap else [])
+    return ", ".join(parts) or "none"
 
 
 def keep_ablations(previous: dict, out: dict) -> list:
@@ -250,11 +253,11 @@ def keep_ablations(previous: dict, out: dict) -> list:
     another one). The kept names go to ``out["ablations_kept"]`` (the Markdown says which rows an
     earlier run measured). Returns them.
     """
-    for key in _SAME_RUN:
-        if _run_key(previous, key) != _run_key(out, key):
-            if key == "base":
-                raise ValueError("the earlier results score another base (the stage-1 record of their training "
-                                 "record differs from this one's)")
+    if (previous.get("training") or {}).get("clip") != (out.get("training") or {}).get("clip"):
+        raise ValueError("the earlier results score another base (the stage-1 record of their training "
+                         "record differs from this one's)")
+    for key in _SAME_SCENES:
+        if previous.get(key) != out.get(key):
             raise ValueError(f"the earlier results' {key} is {previous.get(key)!r}, this run's {out.get(key)!r}")
     kept = {k: v for k, v in previous.get("ablations", {}).items() if k not in out["ablations"]}
     out["ablations"] = {**kept, **out["ablations"]}
@@ -273,14 +276,6 @@ def _other_toy(out: dict) -> str:
     if other == out["ablations_kept"]:
         return ", when another stage 2 of the same base was the shipped toy."
     return f". Rows {', '.join(repr(k) for k in other)}: when another stage 2 of the same base was the shipped toy."
-
-
-def _caption_only(recipe: dict) -> str:
-    """The caption-only records of a toy recipe's stage-2 data, in words ("none" for SPEC's data)."""
-    pos, rel = recipe.get("alpha_position_pairs", 0.0), recipe.get("alpha_relation_pairs", 0.0)
-    cap = recipe.get("alpha_caption_only", 0.0)
-    parts = ([f"pairs {pos:g} + {rel:g}"] if pos or rel else []) + ([f"scenes {cap:g}"] if cap else [])
-    return ", ".join(parts) or "none"
 
 
 def claims(out: dict) -> list:
