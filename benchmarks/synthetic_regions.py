@@ -139,6 +139,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=200, help="held-out mirror pairs of each kind (position, relation)")
     ap.add_argument("--seed-block", type=int, default=SEED_BLOCK, help="held-out seed block (training: 0 and 1)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--light", type=float, default=0.0,
+                    help="chance that a held-out scene is lit by a coloured light (a toy trained with --light)")
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
                     help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
     ap.add_argument("--keep-ablations", action="store_true",
@@ -146,16 +148,18 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    if not 0.0 <= args.light <= 1.0:
+        ap.error(f"--light: expected a fraction in [0, 1], got {args.light}")
     torch.set_num_threads(args.threads)
     info = machine()
     t0 = time.perf_counter()
     folder = Path(args.folder)
     alpha, tok = load_tiny(folder=folder)
     base, _ = load_tiny_base(folder=folder)
-    scenes = held_out_scenes(args.scenes, seed_block=args.seed_block)
-    rscenes = held_out_scenes(args.retrieval_scenes, offset=5_000_000, seed_block=args.seed_block)
-    zscenes = single_object_scenes(args.zero_shot_scenes, seed_block=args.seed_block)
-    suite = rec_suite(args.rec_scenes, seed=args.seed_block)
+    scenes = held_out_scenes(args.scenes, seed_block=args.seed_block, light=args.light)
+    rscenes = held_out_scenes(args.retrieval_scenes, offset=5_000_000, seed_block=args.seed_block, light=args.light)
+    zscenes = single_object_scenes(args.zero_shot_scenes, seed_block=args.seed_block, light=args.light)
+    suite = rec_suite(args.rec_scenes, seed=args.seed_block, light=args.light)
     pr = args.progress
     region = {f"base CLIP: {k}": v for k, v in region_top1(base, tok, scenes, list(BASELINES), pr).items()}
     region.update({f"Alpha-CLIP: {k[7:]} alpha": v for k, v in
@@ -213,6 +217,8 @@ def main() -> int:
            "zero_shot_scenes": args.zero_shot_scenes, "pairs": pairs, "pair_count": args.pairs,
            "ablations": ablations, "demo": demo, "training": training,
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
+    if args.light:  # results of the world under white light keep the record they had
+        out["light"] = args.light
     if args.keep_ablations:
         previous = Path(args.out + ".json")
         if not previous.is_file():
@@ -233,7 +239,7 @@ def main() -> int:
 #: what must match for an earlier run's ablation rows to stand beside this run's, besides the same base (the
 #: stage-1 record in the toy's training record: every ablation is a stage 2 of that base, scored with its text
 #: tower): the same scenes (wherever the toy's folder lies)
-_SAME_SCENES = ("seed_block", "scenes", "rec_expressions", "retrieval_scenes")
+_SAME_SCENES = ("seed_block", "scenes", "rec_expressions", "retrieval_scenes", "light")
 
 
 def _caption_only(recipe: dict) -> str:
@@ -322,7 +328,9 @@ def claims(out: dict) -> list:
 def render_markdown(out: dict) -> str:
     """The results as Markdown tables."""
     lines = ["# Synthetic region suite (the paper's tables in miniature)", "",
-             f"Held-out seed block {out['seed_block']}; machine: {describe(out['machine'])}, "
+             f"Held-out seed block {out['seed_block']}"
+             + (f", scenes under a coloured light with chance {out['light']:g}" if out.get("light") else "")
+             + f"; machine: {describe(out['machine'])}, "
              f"load average {', '.join(f'{x:.1f}' for x in out['machine']['loadavg'])}; {out['seconds']} s.", "",
              "## Targets (issue 19)", "", "| measure | target | measured | met |", "|---|---|---|---|"]
     lines += [f"| {t['measure']} | {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |"

@@ -419,6 +419,7 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
                      (["--alpha-box-rate", "2"], "--alpha-box-rate: expected a fraction in [0, 1], got 2.0"),
                      (["--whole-image-ratio", "-0.5"], "--whole-image-ratio: expected a fraction in [0, 1], got -0.5"),
                      (["--label-smoothing", "1.1"], "--label-smoothing: expected a fraction in [0, 1], got 1.1"),
+                     (["--light", "1.5"], "--light: expected a fraction in [0, 1], got 1.5"),
                      (["--clip-relation-pairs", "nan"], "--clip-relation-pairs: expected a fraction in [0, 1], got nan"),
                      (["--clip-position-pairs", "0.6", "--clip-relation-pairs", "0.6"],
                       "--clip-position-pairs, --clip-relation-pairs: expected fractions that sum to <= 1, got 0.6 + 0.6")):
@@ -426,6 +427,69 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
             main([str(tmp_path), *bad])
         assert e.value.code == 2 and len(seen) == 1
         assert msg in capsys.readouterr().err
+
+
+def test_lights_change_only_the_pixels_and_keep_the_world_without_them():
+    """``light``: whether and which light is the seed's own draw; the layout, the objects, the masks and the
+    caption are the scene's under white light, the pixels those times the light's gains; ``light=0`` is the
+    world as before (same pixels, same render record); partners and the record keep the light."""
+    lit = [render_scene(s, light=0.5).light for s in range(400)]
+    assert 0.42 <= sum(x is not None for x in lit) / 400 <= 0.58 and set(lit) == {None, *synthetic.LIGHTS}
+    for seed in range(12):
+        white, same = render_scene(seed), render_scene(seed, light=0.0)
+        assert np.array_equal(np.asarray(white.image), np.asarray(same.image)) and same.params == white.params
+        assert same.light is None and "light" not in synthetic.scene_record(same, "k")["meta"]
+        scene = render_scene(seed, light=1.0)
+        assert scene.light in synthetic.LIGHTS and scene.caption == white.caption
+        assert scene.objects == white.objects and np.array_equal(scene.masks, white.masks)
+        want = (np.asarray(white.image, np.float32) * np.array(synthetic.LIGHTS[scene.light], np.float32)).round()
+        assert np.array_equal(np.asarray(scene.image), want.clip(0, 255).astype(np.uint8))
+        assert synthetic.scene_record(scene, "k")["meta"]["light"] == scene.light
+        for kind in ("mirror", "shape"):
+            partner = partner_of(scene, kind)
+            assert partner is None or partner.light == scene.light
+    with pytest.raises(ValueError, match=r"light: expected a fraction in \[0, 1\], got 1.5"):
+        render_scene(0, light=1.5)
+
+
+def test_under_a_light_an_objects_colour_needs_the_background():
+    """Why the lights exist: a white object under the warm light has a yellow object's pixels (the nearest
+    colour of the world to its mean is yellow), and only the background shows that the light is warm
+    (its blue is about a tenth of its red; under white light the background is a muted grey)."""
+    palette = {c: np.array(v, np.float32) for c, v in synthetic.COLOURS.items()}
+    seen = 0
+    for seed in range(300):
+        scene = render_scene(seed, light=1.0)
+        if scene.light != "warm":
+            continue
+        background = np.asarray(scene.image, np.float32)[~scene.masks.any(0)].mean(0)
+        white = np.asarray(render_scene(seed).image, np.float32)[~scene.masks.any(0)].mean(0)
+        assert background[2] / background[0] < 0.15 and white[2] / white[0] > 0.55, (background, white)
+        for obj, mask in zip(scene.objects, scene.masks):
+            if obj["colour"] == "white":
+                mean = np.asarray(scene.image, np.float32)[mask].mean(0)
+                nearest = min(palette, key=lambda c: float(np.linalg.norm(palette[c] - mean)))
+                assert nearest == "yellow", (seed, mean)
+                seen += 1
+    assert seen >= 10
+
+
+def test_lit_data_folders_and_held_out_scenes(tmp_path):
+    """``ToyRecipe.light`` names and records its data folders (stage 1's, the phases', stage 2's) and
+    reaches every world scene of them; the evaluation renders held-out scenes under the same lights."""
+    r = ToyRecipe(light=0.5)
+    assert synthetic._lit(r) == "-light0.5" and synthetic._lit(ToyRecipe()) == ""
+    assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7-light0.5"
+    synthetic._data(tmp_path / "d", 16, 1, 32, ("mirror",), 8, light=1.0)
+    assert json.loads((tmp_path / "d" / "done.json").read_text())["light"] == 1.0
+    records = [r for f in sorted((tmp_path / "d").glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert len(records) == 16 and all(rec["meta"]["light"] in synthetic.LIGHTS for rec in records)
+    with pytest.raises(ValueError, match="holds .* use another work folder"):  # the same folder without lights
+        synthetic._data(tmp_path / "d", 16, 1, 32, ("mirror",), 8)
+    assert all(s.light is not None for s in held_out_scenes(5, seed_block=555, light=1.0))
+    assert all(s.light is not None for s in single_object_scenes(5, seed_block=555, light=1.0))
+    assert all(s.light is None for s in held_out_scenes(5, seed_block=555))
+    assert all(ref.scene.light is not None for ref in rec_suite(2, seed=555, light=1.0))
 
 
 def test_rec_suite_needs_context():
