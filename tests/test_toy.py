@@ -768,6 +768,26 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
         bench.render_markdown({**again, "targets": [], "claims": []})
 
 
+def test_benchmark_scores_lit_scenes_when_asked_and_says_so():
+    """``--light``: the results record the share of lit held-out scenes and the Markdown says it; results
+    without lights keep their record; a share outside [0, 1] is refused by name before anything runs."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    bench = _benchmark_module()
+    out = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
+    assert "light" not in out and "coloured light" not in bench.render_markdown(out)
+    head = bench.render_markdown({**out, "light": 0.5}).splitlines()[2]
+    assert head.startswith("Held-out seed block 777, scenes under a coloured light with chance 0.5; machine:"), head
+    with pytest.raises(ValueError, match="light is 0.5, this run's None"):  # rows of lit scenes stay apart
+        bench.keep_ablations({**out, "light": 0.5}, json.loads(json.dumps(out)))
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), "--light", "1.5"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "--light: expected a fraction in [0, 1], got 1.5" in run.stderr
+
+
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
     """An ablation row names its caption-only records and lr ratio and shows its realised whole-image share."""
     from conftest import ROOT

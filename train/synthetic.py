@@ -286,7 +286,7 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
     params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
               "mirror": mirror, "reshape": reshape}
     lit: Optional[str] = None
-    if light:  # scenes under white light keep the record they had before lights existed
+    if light:  # without lights the render record is the one it was before lights existed
         params["light"] = float(light)
         lrng = random.Random(f"light:{seed}")
         if lrng.random() < light:
@@ -829,7 +829,7 @@ class ToyRecipe:
     alpha_caption_only: float = 0.7
     #: the chance that a world scene of either stage's data is lit by a coloured light (:data:`LIGHTS`,
     #: :func:`render_scene`): 0 is the shipped toy's world; a world where an object's colour needs the
-    #: rest of the picture, untrained (docs/toy.md, "What is still open")
+    #: rest of the picture; at 0.5 stage 1 learned far less in its steps (docs/toy.md, nineteenth round)
     light: float = 0.0
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
