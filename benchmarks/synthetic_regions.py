@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
-from alphaclip_train.synthetic import ASSETS, LABELS, _last_logged, load_tiny, load_tiny_base, rec_suite  # noqa: E402
+from alphaclip_train.synthetic import (ASSETS, LABELS, _check_fraction, _last_logged, load_tiny,  # noqa: E402
+                                      load_tiny_base, rec_suite)
 from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, pair_top1,  # noqa: E402
                                       rec_top1, region_top1, retrieval, single_object_scenes, zero_shot)
 
@@ -148,8 +149,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
-    if not 0.0 <= args.light <= 1.0:
-        ap.error(f"--light: expected a fraction in [0, 1], got {args.light}")
+    try:
+        _check_fraction("--light", args.light)
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     info = machine()
     t0 = time.perf_counter()

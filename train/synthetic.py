@@ -281,8 +281,7 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
         raise ValueError(f"min_objects, max_objects: expected 1 <= min <= max, got {min_objects}, {max_objects}")
     if twins and max_objects < 3:
         raise ValueError(f"twins: a twin scene needs max_objects >= 3 (two twins and a reference), got {max_objects}")
-    if isinstance(light, bool) or not isinstance(light, (int, float)) or not 0.0 <= light <= 1.0:
-        raise ValueError(f"light: expected a fraction in [0, 1], got {light!r}")
+    _check_fraction("light", light)
     params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
               "mirror": mirror, "reshape": reshape}
     lit: Optional[str] = None
