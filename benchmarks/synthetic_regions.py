@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
-from alphaclip_train.synthetic import (ASSETS, LABELS, _check_fraction, _last_logged, load_tiny,  # noqa: E402
+from alphaclip_train.synthetic import (ASSETS, LABELS, LIGHTS, _check_fraction, _last_logged, load_tiny,  # noqa: E402
                                       load_tiny_base, rec_suite)
 from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, pair_top1,  # noqa: E402
                                       rec_top1, region_top1, retrieval, single_object_scenes, zero_shot)
@@ -142,6 +142,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--light", type=float, default=0.0,
                     help="chance that a held-out scene is lit by a coloured light (a toy trained with --light)")
+    ap.add_argument("--lights", nargs="+", choices=sorted(LIGHTS), default=None,
+                    help="which coloured lights a lit scene may have (default: every one; a toy trained with --lights)")
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
                     help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
     ap.add_argument("--keep-ablations", action="store_true",
@@ -153,16 +155,23 @@ def main() -> int:
         _check_fraction("--light", args.light)
     except ValueError as e:
         ap.error(str(e))
+    if args.lights is not None and not args.light:
+        ap.error("--lights: expected --light above 0 with it (without lights every scene is under white light)")
+    if args.lights is not None and len(set(args.lights)) != len(args.lights):
+        ap.error(f"--lights: expected distinct names, got {' '.join(args.lights)}")
+    # every light is the world as it was before the choice: its results keep their record
+    lights = sorted(args.lights) if args.lights is not None and sorted(args.lights) != sorted(LIGHTS) else None
     torch.set_num_threads(args.threads)
     info = machine()
     t0 = time.perf_counter()
     folder = Path(args.folder)
     alpha, tok = load_tiny(folder=folder)
     base, _ = load_tiny_base(folder=folder)
-    scenes = held_out_scenes(args.scenes, seed_block=args.seed_block, light=args.light)
-    rscenes = held_out_scenes(args.retrieval_scenes, offset=5_000_000, seed_block=args.seed_block, light=args.light)
-    zscenes = single_object_scenes(args.zero_shot_scenes, seed_block=args.seed_block, light=args.light)
-    suite = rec_suite(args.rec_scenes, seed=args.seed_block, light=args.light)
+    lit = {"light": args.light, "lights": lights}
+    scenes = held_out_scenes(args.scenes, seed_block=args.seed_block, **lit)
+    rscenes = held_out_scenes(args.retrieval_scenes, offset=5_000_000, seed_block=args.seed_block, **lit)
+    zscenes = single_object_scenes(args.zero_shot_scenes, seed_block=args.seed_block, **lit)
+    suite = rec_suite(args.rec_scenes, seed=args.seed_block, **lit)
     pr = args.progress
     region = {f"base CLIP: {k}": v for k, v in region_top1(base, tok, scenes, list(BASELINES), pr).items()}
     region.update({f"Alpha-CLIP: {k[7:]} alpha": v for k, v in
@@ -222,6 +231,8 @@ def main() -> int:
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
     if args.light:  # results of the world under white light keep the record they had
         out["light"] = args.light
+    if lights:
+        out["lights"] = lights
     if args.keep_ablations:
         previous = Path(args.out + ".json")
         if not previous.is_file():
@@ -242,7 +253,7 @@ def main() -> int:
 #: what must match for an earlier run's ablation rows to stand beside this run's, besides the same base (the
 #: stage-1 record in the toy's training record: every ablation is a stage 2 of that base, scored with its text
 #: tower): the same scenes (wherever the toy's folder lies)
-_SAME_SCENES = ("seed_block", "scenes", "rec_expressions", "retrieval_scenes", "light")
+_SAME_SCENES = ("seed_block", "scenes", "rec_expressions", "retrieval_scenes", "light", "lights")
 
 
 def _caption_only(recipe: dict) -> str:
@@ -333,6 +344,7 @@ def render_markdown(out: dict) -> str:
     lines = ["# Synthetic region suite (the paper's tables in miniature)", "",
              f"Held-out seed block {out['seed_block']}"
              + (f", scenes under a coloured light with chance {out['light']:g}" if out.get("light") else "")
+             + (f" ({' or '.join(out['lights'])} only)" if out.get("lights") else "")
              + f"; machine: {describe(out['machine'])}, "
              f"load average {', '.join(f'{x:.1f}' for x in out['machine']['loadavg'])}; {out['seconds']} s.", "",
              "## Targets (issue 19)", "", "| measure | target | measured | met |", "|---|---|---|---|"]

@@ -412,6 +412,9 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
     monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append(recipe) or {})
     assert main(argv) == 0
     assert (seen[0].alpha_position_pairs, seen[0].alpha_relation_pairs, seen[0].alpha_caption_only) == (0.25, 0.25, 0.5)
+    assert main(argv + ["--light", "0.5", "--lights", "warm"]) == 0 and seen[1].lights == ("warm",)
+    assert seen[0].lights is None  # every light unless chosen
+    seen.pop()
     for bad, msg in ((["--alpha-caption-only", "1.5"], "--alpha-caption-only: expected a fraction in [0, 1], got 1.5"),
                      (["--alpha-position-pairs", "-0.1"], "--alpha-position-pairs: expected a fraction in [0, 1]"),
                      (["--alpha-position-pairs", "0.75", "--alpha-relation-pairs", "0.5"],
@@ -420,6 +423,8 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
                      (["--whole-image-ratio", "-0.5"], "--whole-image-ratio: expected a fraction in [0, 1], got -0.5"),
                      (["--label-smoothing", "1.1"], "--label-smoothing: expected a fraction in [0, 1], got 1.1"),
                      (["--light", "1.5"], "--light: expected a fraction in [0, 1], got 1.5"),
+                     (["--light", "0.5", "--lights", "warm", "warm"], "--lights: expected distinct names, got warm warm"),
+                     (["--lights", "cold"], "--lights: invalid choice: 'cold'"),
                      (["--clip-relation-pairs", "nan"], "--clip-relation-pairs: expected a fraction in [0, 1], got nan"),
                      (["--clip-position-pairs", "0.6", "--clip-relation-pairs", "0.6"],
                       "--clip-position-pairs, --clip-relation-pairs: expected fractions that sum to <= 1, got 0.6 + 0.6")):
@@ -450,6 +455,27 @@ def test_lights_change_only_the_pixels_and_keep_the_world_without_them():
             assert partner is None or partner.light == scene.light
     with pytest.raises(ValueError, match=r"light: expected a fraction in \[0, 1\], got 1.5"):
         render_scene(0, light=1.5)
+
+
+def test_lights_picks_which_lights_and_keeps_each_scenes_draw():
+    """``lights``: a lit scene gets one of the chosen lights; whether a scene is lit is the same draw as with
+    every light, a scene lit warm there is the same picture here, and only a subset is written into the
+    render record (every light keeps the record it had before the choice); bad choices are refused by name."""
+    every, warm = [render_scene(s, light=0.5) for s in range(200)], [render_scene(s, light=0.5, lights=["warm"])
+                                                                       for s in range(200)]
+    assert [a.light is None for a in every] == [b.light is None for b in warm]
+    assert {b.light for b in warm} == {None, "warm"} and {a.light for a in every} == {None, "warm", "violet"}
+    for a, b in zip(every, warm):
+        assert b.params["lights"] == ["warm"] and "lights" not in a.params
+        if a.light != "violet":
+            assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+        assert partner_of(b, "shape") is None or partner_of(b, "shape").light == b.light
+    assert render_scene(3, light=0.5, lights=("warm", "violet")).params == every[3].params
+    assert "lights" not in render_scene(3, lights=["warm"]).params  # without lights, nothing to choose
+    for bad in (["cold"], [], "warm", ["warm", "warm"]):
+        with pytest.raises(ValueError, match=r"lights: expected None or a non-empty sequence of distinct names "
+                                             r"from \['violet', 'warm'\], got"):
+            render_scene(0, light=0.5, lights=bad)
 
 
 def test_under_a_light_an_objects_colour_needs_the_background():
@@ -490,6 +516,21 @@ def test_lit_data_folders_and_held_out_scenes(tmp_path):
     assert all(s.light is not None for s in single_object_scenes(5, seed_block=555, light=1.0))
     assert all(s.light is None for s in held_out_scenes(5, seed_block=555))
     assert all(ref.scene.light is not None for ref in rec_suite(2, seed=555, light=1.0))
+    # some of the lights: named in the folders and recorded, reaching every world scene and the evaluation
+    w = ToyRecipe(light=0.5, lights=("warm",))
+    assert synthetic._lit(w) == "-light0.5-warm" and synthetic._lit(ToyRecipe(light=0.5, lights=("warm", "violet"))) \
+        == "-light0.5"
+    assert synthetic._alpha_data(tmp_path, w).name == "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7-light0.5-warm"
+    synthetic._data(tmp_path / "w", 16, 1, 32, ("mirror",), 8, light=1.0, lights=["warm"])
+    assert json.loads((tmp_path / "w" / "done.json").read_text())["lights"] == ["warm"]
+    records = [r for f in sorted((tmp_path / "w").glob("*.tar")) for _, _, r in iter_shard(f)]
+    assert len(records) == 16 and all(rec["meta"]["light"] == "warm" for rec in records)
+    with pytest.raises(ValueError, match="holds .* use another work folder"):  # the same folder, every light
+        synthetic._data(tmp_path / "w", 16, 1, 32, ("mirror",), 8, light=1.0)
+    for scenes in (held_out_scenes(5, seed_block=555, light=1.0, lights=["violet"]),
+                   single_object_scenes(5, seed_block=555, light=1.0, lights=["violet"]),
+                   [ref.scene for ref in rec_suite(2, seed=555, light=1.0, lights=["violet"])]):
+        assert [s.light for s in scenes] == ["violet"] * len(scenes)
 
 
 def test_rec_suite_needs_context():
@@ -786,6 +827,16 @@ def test_benchmark_scores_lit_scenes_when_asked_and_says_so():
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), "--light", "1.5"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "--light: expected a fraction in [0, 1], got 1.5" in run.stderr
+    # --lights: a subset is recorded, said, and kept apart; every light is the record without the choice
+    head = bench.render_markdown({**out, "light": 0.5, "lights": ["warm"]}).splitlines()[2]
+    assert head.startswith("Held-out seed block 777, scenes under a coloured light with chance 0.5 (warm only); "), head
+    with pytest.raises(ValueError, match=r"lights is \['warm'\], this run's None"):
+        bench.keep_ablations({**out, "light": 0.5, "lights": ["warm"]}, {**json.loads(json.dumps(out)), "light": 0.5})
+    for bad, msg in ((["--lights", "warm"], "--lights: expected --light above 0 with it"),
+                     (["--light", "0.5", "--lights", "warm", "warm"], "--lights: expected distinct names, got warm warm")):
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), *bad],
+                             capture_output=True, text=True)
+        assert run.returncode == 2 and msg in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():

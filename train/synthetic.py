@@ -253,7 +253,7 @@ def _mirror(box: Sequence[int], mirror: Optional[str], size: int) -> Tuple[int, 
 
 def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: int = 1,
                  twins: Optional[bool] = None, mirror: Optional[str] = None, reshape: Optional[int] = None,
-                 light: float = 0.0) -> Scene:
+                 light: float = 0.0, lights: Optional[Sequence[str]] = None) -> Scene:
     """Render one scene, a pure function of its arguments.
 
     Args:
@@ -274,6 +274,8 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
             drawn from the seed by a generator of its own, so every other choice, the caption and the
             objects' names are those of the scene under white light, and ``light=0`` is the world as
             before); the light's gains multiply every pixel. Its partners keep its light.
+        lights: which of :data:`LIGHTS` a lit scene may have (None: every one); with a subset, the
+            render record says which (``params["lights"]``).
     """
     if mirror not in (None, "h", "v"):
         raise ValueError(f"mirror: expected None, 'h' or 'v', got {mirror!r}")
@@ -282,14 +284,17 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
     if twins and max_objects < 3:
         raise ValueError(f"twins: a twin scene needs max_objects >= 3 (two twins and a reference), got {max_objects}")
     _check_fraction("light", light)
+    chosen_lights = _check_lights(lights)
     params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
               "mirror": mirror, "reshape": reshape}
     lit: Optional[str] = None
     if light:  # without lights the render record is the one it was before lights existed
         params["light"] = float(light)
+        if chosen_lights != tuple(sorted(LIGHTS)):  # every light: the record it had before the choice existed
+            params["lights"] = list(chosen_lights)
         lrng = random.Random(f"light:{seed}")
         if lrng.random() < light:
-            lit = lrng.choice(sorted(LIGHTS))
+            lit = lrng.choice(chosen_lights)
     rng = random.Random(seed)
     image, kind = _background(rng, size)
     n = rng.randint(min_objects, max_objects)
@@ -501,6 +506,17 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name}: expected a fraction in [0, 1], got {value!r}")
 
 
+def _check_lights(lights: Optional[Sequence[str]]) -> Tuple[str, ...]:
+    """``lights`` (None: every one of :data:`LIGHTS`) as a sorted tuple of distinct names, checked."""
+    if lights is None:
+        return tuple(sorted(LIGHTS))
+    if (isinstance(lights, (str, bytes)) or not isinstance(lights, (list, tuple)) or not lights
+            or any(x not in LIGHTS for x in lights) or len(set(lights)) != len(lights)):
+        raise ValueError(f"lights: expected None or a non-empty sequence of distinct names from {sorted(LIGHTS)}, "
+                         f"got {lights!r}")
+    return tuple(sorted(lights))
+
+
 def _check_box_rate(box_rate: float) -> None:
     _check_fraction("box_rate", box_rate)
 
@@ -541,11 +557,12 @@ def scene_record(scene: Scene, key: str, region_phrases: str = "world", box_rate
             "regions": regions, "meta": meta}
 
 
-def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str], light: float = 0.0):
+def _scenes(num_scenes: int, seed: int, size: int, partners: Sequence[str], light: float = 0.0,
+            lights: Optional[Sequence[str]] = None):
     """The scenes of :func:`write_shards`, in order: each scene, then its partners of each kind."""
     i = k = 0
     while i < num_scenes:
-        scene = render_scene(seed * 10**7 + k, size, light=light)
+        scene = render_scene(seed * 10**7 + k, size, light=light, lights=lights)
         k += 1
         for s in [scene] + [partner_of(scene, kind) for kind in partners]:
             if s is not None and i < num_scenes:
@@ -575,7 +592,8 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
                  quality: int = 95, progress: bool = False, partners: Sequence[str] = (),
                  region_phrases: str = "world", box_rate: float = 0.0,
                  pairs: Optional[Dict[str, float]] = None, pair_regions: bool = True,
-                 caption_only: float = 0.0, light: float = 0.0) -> List[Path]:
+                 caption_only: float = 0.0, light: float = 0.0,
+                 lights: Optional[Sequence[str]] = None) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
     ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
@@ -590,11 +608,13 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
     written with their captions only (which ones is fixed by each scene's seed). Both add whole-image
     samples to a stage-2 stream beyond r_s's one per record (:mod:`alphaclip_train.data`). ``light``:
     the chance that a world scene is lit by a coloured light (:func:`render_scene`; the pairs stay
-    under white light: they teach position and relation words).
+    under white light: they teach position and relation words); ``lights``: which lights (None: all of
+    :data:`LIGHTS`).
     """
     pairs = _check_pairs(pairs)
     _check_fraction("caption_only", caption_only)
     _check_fraction("light", light)
+    _check_lights(lights)
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
             or any(p not in ("mirror", "shape") for p in partners)):
         raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
@@ -606,8 +626,8 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
         raise ValueError(f"num_scenes, per_shard: expected >= 1, got {num_scenes}, {per_shard}")
     folder = Path(folder)
     paths: List[Path] = []
-    scenes = (_mixed(_scenes(10**9, seed, size, partners, light), pairs, seed, size) if pairs
-              else ((scene, None) for scene in _scenes(num_scenes, seed, size, partners, light)))
+    scenes = (_mixed(_scenes(10**9, seed, size, partners, light, lights), pairs, seed, size) if pairs
+              else ((scene, None) for scene in _scenes(num_scenes, seed, size, partners, light, lights)))
     with tqdm(total=num_scenes, desc="scenes", disable=not progress) as bar:
         for s, start in enumerate(range(0, num_scenes, per_shard)):
             path = folder / f"shard-{s:05d}.tar"
@@ -636,14 +656,15 @@ class Referral:
     expression: str
 
 
-def rec_suite(num_scenes: int, seed: int = 777, size: int = 64, light: float = 0.0) -> List[Referral]:
+def rec_suite(num_scenes: int, seed: int = 777, size: int = 64, light: float = 0.0,
+              lights: Optional[Sequence[str]] = None) -> List[Referral]:
     """The toy referring-expression suite: twin scenes (seeds ``seed * 10**7 + 9 * 10**6 + i``), two
     expressions each, one per twin. Candidates are all the objects of the scene; the two twins have
-    the same colour and shape, so only the context (the relation) tells which one is meant. ``light``:
-    as in :func:`render_scene`."""
+    the same colour and shape, so only the context (the relation) tells which one is meant. ``light``,
+    ``lights``: as in :func:`render_scene`."""
     out: List[Referral] = []
     for i in range(num_scenes):
-        scene = render_scene(seed * 10**7 + 9 * 10**6 + i, size, twins=True, light=light)
+        scene = render_scene(seed * 10**7 + 9 * 10**6 + i, size, twins=True, light=light, lights=lights)
         out += [Referral(scene, t, scene.objects[t]["phrase"]) for t in scene.twins]
     return out
 
@@ -830,13 +851,16 @@ class ToyRecipe:
     #: :func:`render_scene`): 0 is the shipped toy's world; a world where an object's colour needs the
     #: rest of the picture; at 0.5 stage 1 learned far less in its steps (docs/toy.md, nineteenth round)
     light: float = 0.0
+    #: which lights a lit scene may have (None: every one of :data:`LIGHTS`)
+    lights: Optional[Tuple[str, ...]] = None
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
 
 def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[str], per_shard: int,
           region_phrases: str = "world", box_rate: float = 0.0, pairs: Optional[Dict[str, float]] = None,
-          pair_regions: bool = True, caption_only: float = 0.0, light: float = 0.0) -> float:
+          pair_regions: bool = True, caption_only: float = 0.0, light: float = 0.0,
+          lights: Optional[Sequence[str]] = None) -> float:
     """Render a data folder once (a ``done`` file records what it holds); returns the seconds spent."""
     pairs = _check_pairs(pairs)
     want = {"world": WORLD, "scenes": scenes, "seed": seed, "size": size, "partners": list(partners),
@@ -853,6 +877,8 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         want["caption_only"] = caption_only
     if light:
         want["light"] = light
+        if _check_lights(lights) != tuple(sorted(LIGHTS)):
+            want["lights"] = list(_check_lights(lights))
     done = folder / "done.json"
     if done.is_file():
         have = json.loads(done.read_text())
@@ -862,7 +888,7 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
     t0 = time.perf_counter()
     write_shards(folder, scenes, per_shard=per_shard, seed=seed, size=size, progress=True, partners=partners,
                  region_phrases=region_phrases, box_rate=box_rate, pairs=pairs, pair_regions=pair_regions,
-                 caption_only=caption_only, light=light)
+                 caption_only=caption_only, light=light, lights=lights)
     done.write_text(json.dumps(want) + "\n")
     return time.perf_counter() - t0
 
@@ -888,8 +914,12 @@ def _clip_final(work: Path, r: "ToyRecipe") -> Path:
 
 
 def _lit(r: "ToyRecipe") -> str:
-    """What a data folder's name says of the recipe's lights: ``-light<fraction>``, nothing without them."""
-    return f"-light{r.light:g}" if r.light else ""
+    """What a data folder's name says of the recipe's lights: ``-light<fraction>``, then ``-<name>`` for each
+    light when only some of :data:`LIGHTS` are used; nothing without lights."""
+    if not r.light:
+        return ""
+    chosen = _check_lights(r.lights)
+    return f"-light{r.light:g}" + ("".join(f"-{x}" for x in chosen) if chosen != tuple(sorted(LIGHTS)) else "")
 
 
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
@@ -936,15 +966,16 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     pairs = {"position": r.clip_position_pairs, "relation": r.clip_relation_pairs}
     lit = _lit(r)
     summary["data_s"] = round((_data(work / f"data-clip{lit}", r.clip_scenes, r.seed, size, r.clip_partners,
-                                     r.per_shard, pairs=pairs, light=r.light) if "clip" in stages else 0.0)
+                                     r.per_shard, pairs=pairs, light=r.light, lights=r.lights) if "clip" in stages else 0.0)
                               + (sum(_data(work / f"data-clip-p{k}{lit}", steps * r.batch_size, r.seed + 2 + k, size,
                                            r.clip_partners, r.per_shard, pairs={"position": pos, "relation": rel},
-                                           light=r.light)
+                                           light=r.light, lights=r.lights)
                                      for k, (steps, pos, rel) in enumerate(phases)) if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
                                        r.alpha_region_phrases, r.alpha_box_rate,
                                        {"position": r.alpha_position_pairs, "relation": r.alpha_relation_pairs},
-                                       pair_regions=False, caption_only=r.alpha_caption_only, light=r.light)
+                                       pair_regions=False, caption_only=r.alpha_caption_only, light=r.light,
+                                       lights=r.lights)
                                  if "alpha" in stages else 0.0), 1)
     cfg_dir = init_model_dir(work / "config", r.config, r.seed)
 
@@ -1123,6 +1154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="stage 1 without the recipe's curriculum phases (only its --clip-steps)")
     p.add_argument("--clip-phase-keep-logit-scale", action="store_true", default=d.clip_phase_keep_logit_scale,
                    help="keep the logit scale the world run ended with through the curriculum phases (frozen there)")
+    p.add_argument("--lights", nargs="+", choices=sorted(LIGHTS), default=None,
+                   help="which coloured lights a lit scene may have (default: every one); with --light")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
@@ -1155,6 +1188,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _check_fraction("--" + f.replace("_", "-"), getattr(a, f))
         except ValueError as e:
             p.error(str(e))
+    if a.lights is not None and len(set(a.lights)) != len(a.lights):
+        p.error(f"--lights: expected distinct names, got {' '.join(a.lights)}")
+    a.lights = tuple(a.lights) if a.lights is not None else None
     for stage in ("alpha", "clip"):
         pos, rel = getattr(a, f"{stage}_position_pairs"), getattr(a, f"{stage}_relation_pairs")
         if pos + rel > 1.0:

@@ -52,16 +52,17 @@ MARGIN = 0.5
 
 
 def held_out_scenes(n: int, offset: int = 0, seed_block: int = SEED_BLOCK, size: int = 64,
-                    light: float = 0.0) -> List[Scene]:
+                    light: float = 0.0, lights: Optional[Sequence[str]] = None) -> List[Scene]:
     """``n`` held-out scenes of the world's mix (seeds ``seed_block * 10**7 + offset + i``); ``light``: the
-    chance of a coloured light (:func:`~alphaclip_train.synthetic.render_scene`)."""
-    return [render_scene(seed_block * 10**7 + offset + i, size, light=light) for i in range(n)]
+    chance of a coloured light, ``lights``: which ones (:func:`~alphaclip_train.synthetic.render_scene`)."""
+    return [render_scene(seed_block * 10**7 + offset + i, size, light=light, lights=lights) for i in range(n)]
 
 
-def single_object_scenes(n: int, seed_block: int = SEED_BLOCK, size: int = 64, light: float = 0.0) -> List[Scene]:
+def single_object_scenes(n: int, seed_block: int = SEED_BLOCK, size: int = 64, light: float = 0.0,
+                         lights: Optional[Sequence[str]] = None) -> List[Scene]:
     """``n`` held-out scenes with exactly one object (seeds ``seed_block * 10**7 + 7 * 10**6 + i``)."""
-    return [render_scene(seed_block * 10**7 + 7 * 10**6 + i, size, max_objects=1, min_objects=1, light=light)
-            for i in range(n)]
+    return [render_scene(seed_block * 10**7 + 7 * 10**6 + i, size, max_objects=1, min_objects=1, light=light,
+                         lights=lights) for i in range(n)]
 
 
 def _view(name: str, image: Image.Image, mask: np.ndarray) -> Image.Image:
