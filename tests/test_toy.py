@@ -100,7 +100,7 @@ def test_shape_partner_changes_one_object_shape_only():
     assert seen >= 20
     with pytest.raises(ValueError, match="already a partner"):
         partner_of(partner_of(render_scene(1), "shape"), "mirror")
-    with pytest.raises(ValueError, match="kind: expected 'mirror' or 'shape'"):
+    with pytest.raises(ValueError, match="kind: expected 'mirror', 'shape' or 'light', got"):
         partner_of(render_scene(1), "colour")
 
 
@@ -286,7 +286,7 @@ def test_partners_share_batches_in_shards(tmp_path):
         j = i - 1 if renders[i - 1]["mirror"] is None and renders[i - 1]["reshape"] is None else i - 2
         assert renders[j]["seed"] == renders[i]["seed"] and renders[j]["mirror"] is None
         assert renders[j]["reshape"] is None
-    with pytest.raises(ValueError, match="partners: expected a sequence of 'mirror' / 'shape'"):
+    with pytest.raises(ValueError, match="partners: expected a sequence of 'mirror' / 'shape' / 'light', got"):
         write_shards(tmp_path / "x", 2, partners=True)
 
 
@@ -413,7 +413,9 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
     assert main(argv) == 0
     assert (seen[0].alpha_position_pairs, seen[0].alpha_relation_pairs, seen[0].alpha_caption_only) == (0.25, 0.25, 0.5)
     assert main(argv + ["--light", "0.5", "--lights", "warm"]) == 0 and seen[1].lights == ("warm",)
-    assert seen[0].lights is None  # every light unless chosen
+    assert seen[0].lights is None and seen[0].clip_partners == ("mirror", "shape")  # the recipe's unless chosen
+    assert main(argv + ["--light", "0.5", "--clip-partners", "mirror", "shape", "light"]) == 0
+    assert seen.pop().clip_partners == ("mirror", "shape", "light")
     seen.pop()
     for bad, msg in ((["--alpha-caption-only", "1.5"], "--alpha-caption-only: expected a fraction in [0, 1], got 1.5"),
                      (["--alpha-position-pairs", "-0.1"], "--alpha-position-pairs: expected a fraction in [0, 1]"),
@@ -425,6 +427,8 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
                      (["--light", "1.5"], "--light: expected a fraction in [0, 1], got 1.5"),
                      (["--light", "0.5", "--lights", "warm", "warm"], "--lights: expected distinct names, got warm warm"),
                      (["--lights", "cold"], "--lights: invalid choice: 'cold'"),
+                     (["--clip-partners", "mirror", "light"], "--clip-partners: 'light' partners need --light above 0"),
+                     (["--clip-partners", "shape", "shape"], "--clip-partners: expected distinct kinds, got shape shape"),
                      (["--clip-relation-pairs", "nan"], "--clip-relation-pairs: expected a fraction in [0, 1], got nan"),
                      (["--clip-position-pairs", "0.6", "--clip-relation-pairs", "0.6"],
                       "--clip-position-pairs, --clip-relation-pairs: expected fractions that sum to <= 1, got 0.6 + 0.6")):
@@ -476,6 +480,40 @@ def test_lights_picks_which_lights_and_keeps_each_scenes_draw():
         with pytest.raises(ValueError, match=r"lights: expected None or a non-empty sequence of distinct names "
                                              r"from \['violet', 'warm'\], got"):
             render_scene(0, light=0.5, lights=bad)
+
+
+def test_light_partners_change_the_light_and_one_colour_word_not_the_objects_pixels():
+    """kind ``"light"``: the scene seen the other way (lit <-> white light) with one object, never a twin,
+    given the colour that has its pixels there (:data:`LOOKALIKES`); layout, masks and the other objects'
+    names stay; under the warm light only, a white object turns yellow and a yellow one white; no partner in
+    a world without lights; a partner has no partner; ``relight`` needs a lit world."""
+    seen = 0
+    for seed in range(120):
+        scene = render_scene(seed, light=0.5, lights=["warm"])
+        p = partner_of(scene, "light")
+        if p is None:
+            continue
+        seen += 1
+        assert {scene.light, p.light} == {None, "warm"} and np.array_equal(p.masks, scene.masks)
+        changed = [k for k, (a, b) in enumerate(zip(scene.objects, p.objects)) if a["colour"] != b["colour"]]
+        assert len(changed) == 1 and p.caption != scene.caption
+        k = changed[0]
+        a, b = scene.objects[k], p.objects[k]
+        assert not a["twin"] and a["shape"] == b["shape"] and a["box"] == b["box"]
+        assert synthetic.LOOKALIKES[(a["colour"], scene.light)] == (b["colour"], p.light)
+        assert {a["colour"], b["colour"]} == {"white", "yellow"}
+        before = np.asarray(scene.image, np.float32)[scene.masks[k]].mean(0)
+        after = np.asarray(p.image, np.float32)[p.masks[k]].mean(0)
+        assert np.abs(before - after).max() <= 16.0, (seed, before, after)  # the same pixels, up to colour jitter
+        assert [label_of(o) for i, o in enumerate(p.objects) if i != k] == \
+            [label_of(o) for i, o in enumerate(scene.objects) if i != k]
+    assert seen >= 25
+    assert all(partner_of(render_scene(s), "light") is None for s in range(20))  # no lights, no light partners
+    with pytest.raises(ValueError, match="already a partner"):
+        partner_of(next(p for p in (partner_of(render_scene(s, light=0.5), "light") for s in range(40)) if p), "light")
+    with pytest.raises(ValueError, match="relight: expected a scene with light > 0 and neither mirror nor reshape"):
+        render_scene(0, relight=0)
+    assert "relight" not in render_scene(5, light=0.5).params
 
 
 def test_under_a_light_an_objects_colour_needs_the_background():

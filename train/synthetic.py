@@ -46,7 +46,7 @@ __all__ = ["SHAPES", "COLOURS", "SIZES", "LIGHTS", "LABELS", "RELATIONS", "WORLD
            "render_scene", "partner_of", "scene_record", "write_shards", "rec_suite", "label_of", "TINY_CFG",
            "MICRO_CFG", "ToyRecipe", "init_model_dir", "ASSETS", "load_tiny", "load_tiny_base", "demo_scene",
            "make_tiny", "DEMO_SEED", "demo_seed", "rescale_patch_embedding", "REGION_PHRASES", "PAIR_KINDS",
-           "POSITIONS", "pair_of"]
+           "POSITIONS", "pair_of", "LOOKALIKES", "PARTNER_KINDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,12 @@ SIZES: Dict[str, Tuple[float, float]] = {"small": (0.17, 0.23), "large": (0.30, 
 #: unit), while the objects keep their names: an object's colour is then told only against the rest of
 #: the picture, which shows the light (docs/toy.md, "What is still open")
 LIGHTS: Dict[str, Tuple[float, float, float]] = {"warm": (1.0, 0.88, 0.10), "violet": (0.61, 0.16, 0.82)}
+#: which colour under which light (None: white light) has the pixels of which other one: the light
+#: partners of stage 1 (:func:`partner_of` kind ``"light"``) swap one for the other
+LOOKALIKES: Dict[Tuple[str, Optional[str]], Tuple[str, Optional[str]]] = {
+    ("white", "warm"): ("yellow", None), ("yellow", None): ("white", "warm"),
+    ("white", "violet"): ("purple", None), ("purple", None): ("white", "violet"),
+}
 #: the region classes of the world: "colour shape"
 LABELS: Tuple[str, ...] = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)
 #: where an object lies relative to another one (see :func:`relation`)
@@ -79,6 +85,8 @@ CLEAR = 1.5
 #: or the labels with the twins' relational phrases
 REGION_PHRASES: Tuple[str, ...] = ("world", "labels", "twins")
 _SWAPS = {"h": ("left of", "right of"), "v": ("above", "below")}
+#: kinds of hard-negative partner of a stage-1 scene (:func:`partner_of`)
+PARTNER_KINDS: Tuple[str, ...] = ("mirror", "shape", "light")
 #: kinds of captioned mirror pair for stage 1 (:func:`pair_of`, :func:`write_shards` ``pairs``)
 PAIR_KINDS: Tuple[str, ...] = ("position", "relation")
 #: the side words of a one-object scene (:func:`pair_of` kind ``"position"``), by mirror axis
@@ -253,7 +261,7 @@ def _mirror(box: Sequence[int], mirror: Optional[str], size: int) -> Tuple[int, 
 
 def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: int = 1,
                  twins: Optional[bool] = None, mirror: Optional[str] = None, reshape: Optional[int] = None,
-                 light: float = 0.0, lights: Optional[Sequence[str]] = None) -> Scene:
+                 light: float = 0.0, lights: Optional[Sequence[str]] = None, relight: Optional[int] = None) -> Scene:
     """Render one scene, a pure function of its arguments.
 
     Args:
@@ -276,6 +284,12 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
             before); the light's gains multiply every pixel. Its partners keep its light.
         lights: which of :data:`LIGHTS` a lit scene may have (None: every one); with a subset, the
             render record says which (``params["lights"]``).
+        relight: the same scene (``light`` > 0) seen the other way, lit or under white light, with its
+            ``relight``-th placed object given the colour that has the same pixels there
+            (:data:`LOOKALIKES`): a lit white object turns yellow (warm) or purple (violet) under white
+            light, an unlit yellow or purple one white under the warm or violet light (one of ``lights``).
+            Every other choice is the scene's own; a twin, an object without such a colour, or one whose
+            new colour and shape another object has, leaves the scene as it is.
     """
     if mirror not in (None, "h", "v"):
         raise ValueError(f"mirror: expected None, 'h' or 'v', got {mirror!r}")
@@ -285,6 +299,9 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
         raise ValueError(f"twins: a twin scene needs max_objects >= 3 (two twins and a reference), got {max_objects}")
     _check_fraction("light", light)
     chosen_lights = _check_lights(lights)
+    if relight is not None and (not light or reshape is not None or mirror is not None):
+        raise ValueError(f"relight: expected a scene with light > 0 and neither mirror nor reshape, got relight={relight!r} "
+                         f"with light={light!r}, mirror={mirror!r}, reshape={reshape!r}")
     params = {"seed": seed, "size": size, "max_objects": max_objects, "min_objects": min_objects, "twins": twins,
               "mirror": mirror, "reshape": reshape}
     lit: Optional[str] = None
@@ -327,6 +344,14 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
         free = [sh for sh in SHAPES if (colour, sh) not in chosen]
         if free:  # its own generator: the scene's draws stay the same
             chosen[reshape] = (colour, random.Random(seed * 31 + reshape).choice(free))
+    if relight is not None:
+        params["relight"] = relight
+        if 0 <= relight < len(chosen) and not (reference is not None and relight < 2):
+            colour, shape = chosen[relight]
+            alike = LOOKALIKES.get((colour, lit))
+            if alike is not None and (alike[1] is None or alike[1] in chosen_lights) \
+                    and (alike[0], shape) not in chosen:
+                chosen[relight], lit = (alike[0], shape), alike[1]
     canvas = np.asarray(image).copy()
     canvas = canvas[:, ::-1] if mirror == "h" else canvas[::-1] if mirror == "v" else canvas
     canvas = np.ascontiguousarray(canvas)
@@ -386,12 +411,16 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
     kind ``"mirror"``: mirrored along an axis that swaps a relation word of the caption ("left of"
     <-> "right of" or "above" <-> "below"; None if the caption has no relation that a mirror
     changes). kind ``"shape"``: one object (not a twin) with another shape (None if no object can
-    change). In one batch with ``scene`` they teach stage 1 what relation and shape words mean
-    (:func:`write_shards` with ``partners``).
+    change). kind ``"light"`` (a world with lights): the scene seen the other way, lit or under white
+    light, with one object (not a twin) given the colour that keeps its pixels (``relight`` of
+    :func:`render_scene`): the two pictures differ in the light alone and their captions in that
+    object's colour word (None if no object has such a colour). In one batch with ``scene`` they teach
+    stage 1 what relation, shape and (under the lights) colour words mean (:func:`write_shards` with
+    ``partners``).
     """
     params = scene.params
-    if params.get("mirror") is not None or params.get("reshape") is not None:
-        raise ValueError("scene: already a partner (mirrored or reshaped)")
+    if params.get("mirror") is not None or params.get("reshape") is not None or params.get("relight") is not None:
+        raise ValueError("scene: already a partner (mirrored, reshaped or relit)")
     rng = random.Random(params["seed"])
     if kind == "mirror":
         used = {rel for rel, twin in scene.caption_relations if not twin}  # twins swapping sides say the same
@@ -408,7 +437,18 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
             if edited.caption != scene.caption:
                 return edited
         return None
-    raise ValueError(f"kind: expected 'mirror' or 'shape', got {kind!r}")
+    if kind == "light":
+        if not params.get("light"):
+            return None
+        first = 2 if scene.twins is not None else 0
+        order = list(range(first, len(scene.objects)))
+        rng.shuffle(order)
+        for k in order:
+            edited = render_scene(**{**params, "relight": k})
+            if edited.light != scene.light:  # relit: one object took its lookalike colour
+                return edited
+        return None
+    raise ValueError(f"kind: expected 'mirror', 'shape' or 'light', got {kind!r}")
 
 
 def pair_of(kind: str, seed: int, size: int = 64) -> Optional[Tuple[Scene, Scene]]:
@@ -596,7 +636,7 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
                  lights: Optional[Sequence[str]] = None) -> List[Path]:
     """Render ``num_scenes`` scenes (seeds ``seed * 10**7 + k``) into ``folder/shard-NNNNN.tar``.
 
-    ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``); each scene is followed by
+    ``partners``: kinds of :func:`partner_of` (``"mirror"``, ``"shape"``, ``"light"``); each scene is followed by
     its partners of these kinds (those that exist): read in order (no shuffle buffer), they share a
     training batch. ``region_phrases``: what the regions' phrases say, ``box_rate``: the fraction of
     regions written with their box only (:func:`scene_record`). ``pairs``: the fraction of the
@@ -616,8 +656,8 @@ def write_shards(folder, num_scenes: int, per_shard: int = 1000, seed: int = 0, 
     _check_fraction("light", light)
     _check_lights(lights)
     if (isinstance(partners, (str, bytes)) or not isinstance(partners, (list, tuple))
-            or any(p not in ("mirror", "shape") for p in partners)):
-        raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape', got {partners!r}")
+            or any(p not in PARTNER_KINDS for p in partners)):
+        raise ValueError(f"partners: expected a sequence of 'mirror' / 'shape' / 'light', got {partners!r}")
     _check_region_phrases(region_phrases)
     _check_box_rate(box_rate)
     from tqdm import tqdm
@@ -1154,6 +1194,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="stage 1 without the recipe's curriculum phases (only its --clip-steps)")
     p.add_argument("--clip-phase-keep-logit-scale", action="store_true", default=d.clip_phase_keep_logit_scale,
                    help="keep the logit scale the world run ended with through the curriculum phases (frozen there)")
+    p.add_argument("--clip-partners", nargs="*", choices=PARTNER_KINDS, default=list(d.clip_partners),
+                   help="hard negatives next to each stage-1 scene (default: mirror shape; light: needs --light)")
     p.add_argument("--lights", nargs="+", choices=sorted(LIGHTS), default=None,
                    help="which coloured lights a lit scene may have (default: every one); with --light")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
@@ -1191,13 +1233,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.lights is not None and len(set(a.lights)) != len(a.lights):
         p.error(f"--lights: expected distinct names, got {' '.join(a.lights)}")
     a.lights = tuple(a.lights) if a.lights is not None else None
+    if len(set(a.clip_partners)) != len(a.clip_partners):
+        p.error(f"--clip-partners: expected distinct kinds, got {' '.join(a.clip_partners)}")
+    if "light" in a.clip_partners and not a.light:
+        p.error("--clip-partners: 'light' partners need --light above 0 (a world with lights)")
+    a.clip_partners = tuple(a.clip_partners)
     for stage in ("alpha", "clip"):
         pos, rel = getattr(a, f"{stage}_position_pairs"), getattr(a, f"{stage}_relation_pairs")
         if pos + rel > 1.0:
             p.error(f"--{stage}-position-pairs, --{stage}-relation-pairs: expected fractions that sum to <= 1, "
                     f"got {pos} + {rel}")
     fields = {f: getattr(a, f) for f in asdict(d)
-              if f not in ("config", "clip_grad_clip", "clip_partners", "clip_phases")}
+              if f not in ("config", "clip_grad_clip", "clip_phases")}
     fields["clip_phases"] = phases
     recipe = ToyRecipe(config=json.loads(json.dumps(TINY_CFG if a.config == "tiny" else MICRO_CFG)), **fields)
     print(json.dumps(make_tiny(a.workdir, recipe, a.stages, a.alpha_name, a.install, not a.no_progress,
