@@ -33,8 +33,9 @@ from _common import describe, machine  # noqa: E402
 
 from alphaclip_train.synthetic import (ASSETS, LABELS, LIGHTS, _check_fraction, _last_logged, load_tiny,  # noqa: E402
                                       load_tiny_base, rec_suite)
-from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, pair_top1,  # noqa: E402
-                                      rec_top1, region_top1, retrieval, single_object_scenes, zero_shot)
+from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, is_lookalike,  # noqa: E402
+                                      pair_top1, partner_top1, rec_top1, region_top1, retrieval,
+                                      single_object_scenes, zero_shot)
 
 RESULTS = Path(__file__).parent / "results"
 REC_BASELINES = ["crop", "crop + margin", "background masked", "background blurred", "red circle"]
@@ -186,6 +187,15 @@ def main() -> int:
     pairs = {name: {kind: pair_top1(m, tok, kind, args.pairs, seed_block=args.seed_block)
                     for kind in ("position", "relation")}
              for name, m in (("base CLIP (stage 1)", base), ("Alpha-CLIP (stage 2), whole-image alpha", alpha))}
+    lookalike = {}
+    if args.light:  # the objects whose colour only the light tells (lit white ones), and the light partners
+        lookalike = {f"base CLIP: {k}": v for k, v in
+                     region_top1(base, tok, scenes, list(BASELINES), select=is_lookalike).items()}
+        lookalike.update({f"Alpha-CLIP: {k[7:]} alpha": v for k, v in
+                          region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box"], select=is_lookalike).items()})
+        light_partners = {name: dict(zip(("accuracy", "pairs"), partner_top1(m, tok, rscenes, "light")))
+                          for name, m in (("base CLIP (stage 1)", base),
+                                          ("Alpha-CLIP (stage 2), whole-image alpha", alpha))}
     ablations = {}
     for item in args.ablation:
         if "=" not in item:
@@ -196,6 +206,9 @@ def main() -> int:
         ablations[name] = {"region mask alpha": top1["alpha: mask"], "region box alpha": top1["alpha: box"],
                            "rec mask alpha": rec_top1(m, tok, suite, ["alpha: mask"])["alpha: mask"],
                            **retrieval(m, tok, rscenes)}
+        if args.light:
+            ablations[name]["region mask alpha, lookalikes"] = region_top1(
+                m, tok, scenes, ["alpha: mask"], select=is_lookalike)["alpha: mask"]
         run_cfg = Path(path).parent / "config.json"  # a training run's folder records its settings
         if run_cfg.is_file():
             cfg = json.loads(run_cfg.read_text())
@@ -233,6 +246,9 @@ def main() -> int:
         out["light"] = args.light
     if lights:
         out["lights"] = lights
+    if args.light:
+        out.update({"lookalike_top1": lookalike, "light_partners": light_partners,
+                    "lookalikes": sum(is_lookalike(sc, o) for sc in scenes for o in sc.objects)})
     if args.keep_ablations:
         previous = Path(args.out + ".json")
         if not previous.is_file():
@@ -356,6 +372,15 @@ def render_markdown(out: dict) -> str:
     lines += ["", f"## Region top-1 ({out['regions']} objects in {out['scenes']} scenes, {out['labels']} labels, "
              f"chance {out['chance_top1']:.1f}%)", "", "| model: region input | top-1 % |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in out["region_top1"].items()]
+    if out.get("lookalike_top1"):
+        lines += ["", f"### Objects whose colour only the light tells ({out['lookalikes']} of them: lit objects with "
+                  "another colour's pixels, e.g. a white one under the warm light)", "",
+                  "| model: region input | top-1 % |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in out["lookalike_top1"].items()]
+    if out.get("light_partners"):
+        lines += ["", "### Light partners (whole image: its own caption over its light partner's, chance 50%)", "",
+                  "| model | accuracy % | pairs |", "|---|---|---|"]
+        lines += [f"| {k} | {v['accuracy']:.1f} | {v['pairs']} |" for k, v in out["light_partners"].items()]
     lines += ["", f"## Toy referring expressions ({out['rec_expressions']} expressions, twins told apart by a "
               f"relation; candidates: every object of the scene, chance {out['rec_chance']:.1f}%)", "",
               "| model: region input | accuracy % |", "|---|---|"]
@@ -395,6 +420,11 @@ def render_markdown(out: dict) -> str:
                   f"{v['region mask alpha']:.1f} | {v['region box alpha']:.1f} | "
                   f"{v['rec mask alpha']:.1f} | {v['image->text R@1']:.1f} | {v['text->image R@1']:.1f} |"
                   for k, v in out["ablations"].items()]
+        looks = {k: v["region mask alpha, lookalikes"] for k, v in out["ablations"].items()
+                 if "region mask alpha, lookalikes" in v}
+        if looks:
+            lines += ["", "Mask alpha on the objects whose colour only the light tells: "
+                      + "; ".join(f"{k} {v:.1f}" for k, v in looks.items()) + "."]
     demo = out["demo"]
     lines += ["", "## The demo scene (`alphaclip demo`)", "", "| region | truth | top-1 | |", "|---|---|---|---|"]
     lines += [f"| {i + 1} | {t} | {b} | {'ok' if c else 'WRONG'} |"

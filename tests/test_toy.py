@@ -877,6 +877,39 @@ def test_benchmark_scores_lit_scenes_when_asked_and_says_so():
         assert run.returncode == 2 and msg in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
+def test_lookalike_objects_are_scored_apart_and_the_results_show_them():
+    """``region_top1(select=is_lookalike)`` counts only lit objects with another colour's pixels (under the
+    warm light, the white ones): the shipped toy, trained without lights, names none of them with its
+    background masked (it sees yellow), which is why the lights exist; the benchmark shows them and the
+    light partners under the region table."""
+    from alphaclip_train.toy_eval import _scores, is_lookalike, text_classifier, TEMPLATES
+
+    base, tok = load_tiny_base()
+    scenes = held_out_scenes(40, seed_block=555, light=1.0, lights=["warm"])
+    looks = [(s, i) for s in scenes for i, o in enumerate(s.objects) if is_lookalike(s, o)]
+    assert len(looks) >= 10 and all(s.objects[i]["colour"] == "white" for s, i in looks)
+    assert not any(is_lookalike(s, o) for s in held_out_scenes(20, seed_block=555) for o in s.objects)
+    clf = text_classifier(base, tok, list(LABELS), TEMPLATES)
+    with torch.no_grad():
+        said = [LABELS[int(_scores(base, s, "background masked", clf)[i].argmax())] for s, i in looks]
+    hits = sum(p == label_of(s.objects[i]) for p, (s, i) in zip(said, looks))
+    got = region_top1(base, tok, scenes, ["background masked"], select=is_lookalike)["background masked"]
+    assert got == pytest.approx(100.0 * hits / len(looks), abs=1e-9) and got <= 10.0
+    assert sum(p.startswith("yellow ") for p in said) >= 0.8 * len(looks), said
+    assert region_top1(base, tok, scenes[:3], ["background masked"], select=lambda s, o: False) == {"background masked": 0.0}
+    bench = _benchmark_module()
+    from conftest import ROOT
+
+    out = json.loads((ROOT / "benchmarks" / "results" / "synthetic_regions.json").read_text())
+    md = bench.render_markdown({**out, "light": 0.5, "lookalikes": 17,
+                                "lookalike_top1": {"base CLIP: background masked": 0.0, "Alpha-CLIP: mask alpha": 88.2},
+                                "light_partners": {"base CLIP (stage 1)": {"accuracy": 71.4, "pairs": 14}}})
+    assert ("### Objects whose colour only the light tells (17 of them: lit objects with another colour's pixels, "
+            "e.g. a white one under the warm light)") in md
+    assert "| Alpha-CLIP: mask alpha | 88.2 |" in md and "| base CLIP (stage 1) | 71.4 | 14 |" in md
+    assert "colour only the light tells" not in bench.render_markdown(out)  # white light: as before
+
+
 def test_benchmark_ablation_rows_say_what_whole_image_data_each_run_read():
     """An ablation row names its caption-only records and lr ratio and shows its realised whole-image share."""
     from conftest import ROOT

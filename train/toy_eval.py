@@ -35,7 +35,7 @@ from .synthetic import LABELS, Referral, Scene, label_of, render_scene
 
 __all__ = ["BASELINES", "ALPHA_INPUTS", "TEMPLATES", "SEED_BLOCK", "held_out_scenes", "single_object_scenes", "partner_top1",
            "pair_top1",
-           "region_top1", "rec_top1", "retrieval", "zero_shot", "demo_scores", "alpha_embedding_share"]
+           "region_top1", "rec_top1", "retrieval", "zero_shot", "demo_scores", "alpha_embedding_share", "is_lookalike"]
 
 #: plain-CLIP ways of showing one region (the paper's baselines), by the names the results use
 BASELINES: Dict[str, str] = {"whole image": "whole", "crop": "crop", "crop + margin": "crop_margin",
@@ -102,11 +102,13 @@ def _scores(model, scene: Scene, method: str, text: torch.Tensor) -> torch.Tenso
 
 @torch.no_grad()
 def region_top1(model, tokenizer: Callable, scenes: Sequence[Scene], methods: Iterable[str],
-                progress: bool = False) -> Dict[str, float]:
+                progress: bool = False,
+                select: Optional[Callable[[Scene, Dict], bool]] = None) -> Dict[str, float]:
     """Top-1 accuracy (%) over the 24 labels of every object of ``scenes``, per method.
 
     methods: ``"alpha: mask"``, ``"alpha: box"``, ``"alpha: whole image"`` (an Alpha-CLIP) or names
-    of :data:`BASELINES` (a plain CLIP, or an Alpha-CLIP with whole-image alpha).
+    of :data:`BASELINES` (a plain CLIP, or an Alpha-CLIP with whole-image alpha). ``select(scene,
+    object)``: count only the objects it accepts (e.g. :func:`is_lookalike`); 0.0 when none is.
     """
     from tqdm import tqdm
 
@@ -115,11 +117,22 @@ def region_top1(model, tokenizer: Callable, scenes: Sequence[Scene], methods: It
     hits = {m: 0 for m in methods}
     total = 0
     for scene in tqdm(scenes, desc="regions", disable=not progress):
+        keep = torch.tensor([select is None or bool(select(scene, o)) for o in scene.objects], dtype=torch.bool)
+        if not keep.any():
+            continue
         truth = torch.tensor([LABELS.index(label_of(o)) for o in scene.objects])
-        total += len(truth)
+        total += int(keep.sum())
         for m in methods:
-            hits[m] += int((_scores(model, scene, m, clf).argmax(-1) == truth).sum())
+            hits[m] += int(((_scores(model, scene, m, clf).argmax(-1) == truth) & keep).sum())
     return {m: 100.0 * h / max(1, total) for m, h in hits.items()}
+
+
+def is_lookalike(scene: Scene, obj: Dict) -> bool:
+    """Whether ``obj`` of ``scene`` has another colour's pixels under the scene's light (a lit white object:
+    :data:`~alphaclip_train.synthetic.LOOKALIKES`), so that only the rest of the picture tells its colour."""
+    from .synthetic import LOOKALIKES
+
+    return scene.light is not None and (obj["colour"], scene.light) in LOOKALIKES
 
 
 @torch.no_grad()
