@@ -891,7 +891,9 @@ class ToyRecipe:
     #: :func:`render_scene`): 0 is the shipped toy's world; a world where an object's colour needs the
     #: rest of the picture; at 0.5 stage 1 learned far less in its steps (docs/toy.md, nineteenth round)
     light: float = 0.0
-    #: which lights a lit scene may have (None: every one of :data:`LIGHTS`)
+    #: which lights a lit scene may have (None: every one of :data:`LIGHTS`). At light 0.5 with the warm
+    #: one alone the whole recipe scored mask alpha 96.9% on validation, 19.8 points above the masked
+    #: background, but its curriculum taught no relations (docs/toy.md, twentieth round)
     lights: Optional[Tuple[str, ...]] = None
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
