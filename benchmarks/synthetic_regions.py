@@ -243,12 +243,10 @@ def main() -> int:
            "ablations": ablations, "demo": demo, "training": training,
            "paper": PAPER, "machine": info, "seconds": round(time.perf_counter() - t0, 1)}
     if args.light:  # results of the world under white light keep the record they had
-        out["light"] = args.light
+        out.update({"light": args.light, "lookalike_top1": lookalike, "light_partners": light_partners,
+                    "lookalikes": sum(is_lookalike(sc, o) for sc in scenes for o in sc.objects)})
     if lights:
         out["lights"] = lights
-    if args.light:
-        out.update({"lookalike_top1": lookalike, "light_partners": light_partners,
-                    "lookalikes": sum(is_lookalike(sc, o) for sc in scenes for o in sc.objects)})
     if args.keep_ablations:
         previous = Path(args.out + ".json")
         if not previous.is_file():
