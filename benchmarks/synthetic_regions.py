@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import describe, machine  # noqa: E402
 
-from alphaclip_train.synthetic import (ASSETS, LABELS, LIGHTS, _check_fraction, _last_logged, load_tiny,  # noqa: E402
-                                      load_tiny_base, rec_suite)
+from alphaclip_train.synthetic import (ASSETS, LABELS, LIGHTS, _check_fraction, _last_logged,  # noqa: E402
+                                      _light_subset, load_tiny, load_tiny_base, rec_suite)
 from alphaclip_train.toy_eval import (BASELINES, SEED_BLOCK, demo_scores, held_out_scenes, is_lookalike,  # noqa: E402
                                       pair_top1, partner_top1, rec_top1, region_top1, retrieval,
                                       single_object_scenes, zero_shot)
@@ -160,8 +160,7 @@ def main() -> int:
         ap.error("--lights: expected --light above 0 with it (without lights every scene is under white light)")
     if args.lights is not None and len(set(args.lights)) != len(args.lights):
         ap.error(f"--lights: expected distinct names, got {' '.join(args.lights)}")
-    # every light is the world as it was before the choice: its results keep their record
-    lights = sorted(args.lights) if args.lights is not None and sorted(args.lights) != sorted(LIGHTS) else None
+    lights = _light_subset(args.lights)  # None for every light: the results keep the record they had
     torch.set_num_threads(args.threads)
     info = machine()
     t0 = time.perf_counter()

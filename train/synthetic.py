@@ -33,7 +33,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -307,8 +307,8 @@ def render_scene(seed: int, size: int = 64, max_objects: int = 4, min_objects: i
     lit: Optional[str] = None
     if light:  # without lights the render record is the one it was before lights existed
         params["light"] = float(light)
-        if chosen_lights != tuple(sorted(LIGHTS)):  # every light: the record it had before the choice existed
-            params["lights"] = list(chosen_lights)
+        if _light_subset(lights) is not None:
+            params["lights"] = _light_subset(lights)
         lrng = random.Random(f"light:{seed}")
         if lrng.random() < light:
             lit = lrng.choice(chosen_lights)
@@ -429,26 +429,24 @@ def partner_of(scene: Scene, kind: str = "mirror") -> Optional[Scene]:
             return None
         return render_scene(**{**params, "mirror": axes[rng.randrange(len(axes))]})
     if kind == "shape":
-        first = 2 if scene.twins is not None else 0  # placement order: twins first
-        order = list(range(first, len(scene.objects)))
-        rng.shuffle(order)
-        for k in order:
-            edited = render_scene(**{**params, "reshape": k})
-            if edited.caption != scene.caption:
-                return edited
-        return None
-    if kind == "light":
-        if not params.get("light"):
-            return None
-        first = 2 if scene.twins is not None else 0
-        order = list(range(first, len(scene.objects)))
-        rng.shuffle(order)
-        for k in order:
-            edited = render_scene(**{**params, "relight": k})
-            if edited.light != scene.light:  # relit: one object took its lookalike colour
-                return edited
-        return None
+        return _edit_one_object(scene, rng, "reshape", lambda edited: edited.caption != scene.caption)
+    if kind == "light":  # relit: one object took its lookalike colour, so the light changed
+        return (_edit_one_object(scene, rng, "relight", lambda edited: edited.light != scene.light)
+                if params.get("light") else None)
     raise ValueError(f"kind: expected 'mirror', 'shape' or 'light', got {kind!r}")
+
+
+def _edit_one_object(scene: Scene, rng: random.Random, edit: str, changed: Callable[[Scene], bool]) -> Optional[Scene]:
+    """``scene`` rendered again with ``edit`` (``"reshape"`` or ``"relight"``) of one placed object, never a twin,
+    tried in an order drawn from ``rng``: the first rendering that ``changed`` accepts, or None."""
+    first = 2 if scene.twins is not None else 0  # placement order: twins first
+    order = list(range(first, len(scene.objects)))
+    rng.shuffle(order)
+    for k in order:
+        edited = render_scene(**{**scene.params, edit: k})
+        if changed(edited):
+            return edited
+    return None
 
 
 def pair_of(kind: str, seed: int, size: int = 64) -> Optional[Tuple[Scene, Scene]]:
@@ -555,6 +553,13 @@ def _check_lights(lights: Optional[Sequence[str]]) -> Tuple[str, ...]:
         raise ValueError(f"lights: expected None or a non-empty sequence of distinct names from {sorted(LIGHTS)}, "
                          f"got {lights!r}")
     return tuple(sorted(lights))
+
+
+def _light_subset(lights: Optional[Sequence[str]]) -> Optional[List[str]]:
+    """The chosen lights (checked, sorted) when they are some of :data:`LIGHTS`; None when they are every one,
+    whose render records, data folders and results stay those from before the choice existed."""
+    chosen = _check_lights(lights)
+    return None if chosen == tuple(sorted(LIGHTS)) else list(chosen)
 
 
 def _check_box_rate(box_rate: float) -> None:
@@ -919,8 +924,9 @@ def _data(folder: Path, scenes: int, seed: int, size: int, partners: Sequence[st
         want["caption_only"] = caption_only
     if light:
         want["light"] = light
-        if _check_lights(lights) != tuple(sorted(LIGHTS)):
-            want["lights"] = list(_check_lights(lights))
+        subset = _light_subset(lights)
+        if subset is not None:
+            want["lights"] = subset
     done = folder / "done.json"
     if done.is_file():
         have = json.loads(done.read_text())
@@ -960,8 +966,7 @@ def _lit(r: "ToyRecipe") -> str:
     light when only some of :data:`LIGHTS` are used; nothing without lights."""
     if not r.light:
         return ""
-    chosen = _check_lights(r.lights)
-    return f"-light{r.light:g}" + ("".join(f"-{x}" for x in chosen) if chosen != tuple(sorted(LIGHTS)) else "")
+    return f"-light{r.light:g}" + "".join(f"-{x}" for x in _light_subset(r.lights) or ())
 
 
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:

@@ -192,7 +192,8 @@ def partner_top1(model, tokenizer: Callable, scenes: Sequence[Scene], kind: str)
     """Does the whole image match its own caption better than its partner's (:func:`partner_of`)?
 
     ``kind`` ``"mirror"``: the partner caption swaps a relation word; ``"shape"``: it changes one
-    object's shape; ``"light"``: one object's colour word, for the scene seen under the other light. Returns ``(accuracy %, pairs scored)``; chance is 50%. Scenes without a partner of
+    object's shape; ``"light"``: one object's colour word, for the scene seen under the other light.
+    Returns ``(accuracy %, pairs scored)``; chance is 50%. Scenes without a partner of
     that kind are skipped.
     """
     from .synthetic import partner_of
