@@ -252,6 +252,38 @@ def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tm
         make_tiny(tmp_path / "x", ToyRecipe(clip_phases=((True, 0.5, 0.0),)), progress=False)
 
 
+def test_clip_light_lights_each_stage_one_run_on_its_own(tmp_path, capsys):
+    """``--clip-light``: one light chance for the world run and one for each curriculum phase, each in its
+    data folder's name and record and on its world scenes (the pairs stay under white light); stage 2
+    keeps ``--light``; a count or fraction that does not fit is refused by name before any data is made."""
+    argv = [str(tmp_path), "--config", "micro", "--clip-scenes", "16", "--alpha-scenes", "8", "--per-shard", "8",
+            "--batch-size", "4", "--clip-steps", "1", "--clip-warmup", "1", "--alpha-steps", "1", "--alpha-warmup", "1",
+            "--clip-phase-warmup", "1", "--clip-phase", "4", "0.25", "0.25", "--light", "1", "--lights", "warm",
+            "--no-progress"]
+    assert main(argv + ["--clip-light", "0", "1"]) == 0
+    world, phase = tmp_path / "data-clip", tmp_path / "data-clip-p0-light1-warm"
+    assert "light" not in json.loads((world / "done.json").read_text())
+    assert (json.loads((phase / "done.json").read_text())["light"], not (tmp_path / "data-clip-light1-warm").exists()) \
+        == (1.0, True)
+    records = {f: [r for t in sorted(f.glob("*.tar")) for _, _, r in iter_shard(t)] for f in (world, phase)}
+    assert len(records[world]) == 16 and all("light" not in r["meta"] for r in records[world])
+    lit = [r["meta"].get("light") for r in records[phase] if not r["meta"].get("pair")]
+    paired = [r["meta"].get("light") for r in records[phase] if r["meta"].get("pair")]
+    assert lit and set(lit) == {"warm"} and set(paired) <= {None}
+    assert (tmp_path / "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7-light1-warm" / "done.json").is_file()
+    summary = json.loads((tmp_path / "alpha" / "summary.json").read_text())
+    assert summary["recipe"]["clip_light"] == [0.0, 1.0] and summary["recipe"]["light"] == 1.0
+    for bad, msg in ((["--clip-light", "0"], "--clip-light: expected 2 fractions (the world run's, then one for each "
+                                              "of the 1 curriculum phases), got 1"),
+                     (["--clip-light", "0", "1.5"], "--clip-light: expected a fraction in [0, 1], got 1.5")):
+        with pytest.raises(SystemExit) as err:
+            main([str(tmp_path / "y"), *argv[1:], *bad])
+        assert err.value.code == 2 and msg in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"clip_light: expected None or 2 fractions"):
+        make_tiny(tmp_path / "x", ToyRecipe(clip_phases=((1, 0.5, 0.0),), clip_light=(0.5,)), progress=False)
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
 def test_curriculum_can_keep_the_world_runs_logit_scale(tmp_path):
     """``--clip-phase-keep-logit-scale``: the phases train with the logit scale frozen, so stage 1 ends
     with the scale its world run reached (the shipped phases learn it again and end at 59)."""

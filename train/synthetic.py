@@ -900,6 +900,11 @@ class ToyRecipe:
     #: one alone the whole recipe scored mask alpha 96.9% on validation, 19.8 points above the masked
     #: background, but its curriculum taught no relations (docs/toy.md, twentieth round)
     lights: Optional[Tuple[str, ...]] = None
+    #: the chance that a world scene of each stage-1 run is lit: the world run's first, then each curriculum
+    #: phase's (None: ``light`` for every one; stage 2 always has ``light``). The curriculum teaches position and
+    #: relation words under white light; lit from the world run on, it taught none (docs/toy.md, twentieth and
+    #: twenty-first rounds)
+    clip_light: Optional[Tuple[float, ...]] = None
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
 
@@ -961,12 +966,27 @@ def _clip_final(work: Path, r: "ToyRecipe") -> Path:
     return work / (f"clip-p{len(r.clip_phases) - 1}" if r.clip_phases else "clip") / "final"
 
 
-def _lit(r: "ToyRecipe") -> str:
-    """What a data folder's name says of the recipe's lights: ``-light<fraction>``, then ``-<name>`` for each
-    light when only some of :data:`LIGHTS` are used; nothing without lights."""
-    if not r.light:
+def _lit(r: "ToyRecipe", light: Optional[float] = None) -> str:
+    """What a data folder's name says of its lights (``light``; default the recipe's ``light``):
+    ``-light<fraction>``, then ``-<name>`` for each light when only some of :data:`LIGHTS` are used; nothing
+    without lights."""
+    light = r.light if light is None else light
+    if not light:
         return ""
-    return f"-light{r.light:g}" + "".join(f"-{x}" for x in _light_subset(r.lights) or ())
+    return f"-light{light:g}" + "".join(f"-{x}" for x in _light_subset(r.lights) or ())
+
+
+def _clip_lights(r: "ToyRecipe") -> Tuple[float, ...]:
+    """The light chance of each stage-1 run (the world run, then each curriculum phase), checked."""
+    runs = 1 + len(_check_phases(r.clip_phases))
+    if r.clip_light is None:
+        return (r.light,) * runs
+    if not isinstance(r.clip_light, (list, tuple)) or len(r.clip_light) != runs:
+        raise ValueError(f"clip_light: expected None or {runs} fractions (the world run's, then one for each of the "
+                         f"{runs - 1} curriculum phases), got {r.clip_light!r}")
+    for x in r.clip_light:
+        _check_fraction("clip_light", x)
+    return tuple(float(x) for x in r.clip_light)
 
 
 def _alpha_data(work: Path, r: "ToyRecipe") -> Path:
@@ -1002,6 +1022,7 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
 
     r = recipe or ToyRecipe()
     phases = _check_phases(r.clip_phases)
+    lights = _clip_lights(r)  # the world run's, then each phase's
     for stage in stages:
         if stage not in ("clip", "alpha"):
             raise ValueError(f"stages: expected 'clip' and/or 'alpha', got {stage!r}")
@@ -1011,12 +1032,12 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
     summary: Dict[str, Any] = {"recipe": asdict(r), "world": WORLD, "torch": torch.__version__,
                                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     pairs = {"position": r.clip_position_pairs, "relation": r.clip_relation_pairs}
-    lit = _lit(r)
-    summary["data_s"] = round((_data(work / f"data-clip{lit}", r.clip_scenes, r.seed, size, r.clip_partners,
-                                     r.per_shard, pairs=pairs, light=r.light, lights=r.lights) if "clip" in stages else 0.0)
-                              + (sum(_data(work / f"data-clip-p{k}{lit}", steps * r.batch_size, r.seed + 2 + k, size,
+    clip_data = [f"data-clip{_lit(r, lights[0])}"] + [f"data-clip-p{k}{_lit(r, lights[k + 1])}" for k in range(len(phases))]
+    summary["data_s"] = round((_data(work / clip_data[0], r.clip_scenes, r.seed, size, r.clip_partners,
+                                     r.per_shard, pairs=pairs, light=lights[0], lights=r.lights) if "clip" in stages else 0.0)
+                              + (sum(_data(work / clip_data[k + 1], steps * r.batch_size, r.seed + 2 + k, size,
                                            r.clip_partners, r.per_shard, pairs={"position": pos, "relation": rel},
-                                           light=r.light, lights=r.lights)
+                                           light=lights[k + 1], lights=r.lights)
                                      for k, (steps, pos, rel) in enumerate(phases)) if "clip" in stages else 0.0)
                               + (_data(_alpha_data(work, r), r.alpha_scenes, r.seed + 1, size, (), r.per_shard,
                                        r.alpha_region_phrases, r.alpha_box_rate,
@@ -1041,11 +1062,11 @@ def make_tiny(workdir, recipe: Optional[ToyRecipe] = None, stages: Sequence[str]
                 "train_seconds": _logged_seconds(work / name)}
 
     if "clip" in stages:
-        summary["clip"] = stage1_run("clip", f"data-clip{lit}", cfg_dir, r.clip_steps, r.clip_warmup, r.seed)
+        summary["clip"] = stage1_run("clip", clip_data[0], cfg_dir, r.clip_steps, r.clip_warmup, r.seed)
         previous, done = work / "clip" / "final", []
         phase_freeze = ("token_embedding",) + (("logit_scale",) if r.clip_phase_keep_logit_scale else ())
         for k, (steps, _, _) in enumerate(phases):
-            done.append({"steps": steps, **stage1_run(f"clip-p{k}", f"data-clip-p{k}{lit}", previous, steps,
+            done.append({"steps": steps, **stage1_run(f"clip-p{k}", clip_data[k + 1], previous, steps,
                                                       r.clip_phase_warmup, r.seed + 2 + k, phase_freeze)})
             previous = work / f"clip-p{k}" / "final"
         if done:
@@ -1205,6 +1226,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="hard negatives next to each stage-1 scene (default: mirror shape; light: needs --light)")
     p.add_argument("--lights", nargs="+", choices=sorted(LIGHTS), default=None,
                    help="which coloured lights a lit scene may have (default: every one); with --light")
+    p.add_argument("--clip-light", nargs="+", type=float, default=None, metavar="P",
+                   help="the chance that a world scene of each stage-1 run is lit: the world run's, then one for "
+                        "each curriculum phase (default: --light for every one; stage 2 always has --light)")
     p.add_argument("--alpha-region-phrases", choices=REGION_PHRASES, default=d.alpha_region_phrases,
                    help="stage 2's region phrases: the world's, the labels, or the labels with the twins' relations")
     p.add_argument("--config", choices=("tiny", "micro"), default="tiny", help="model size (micro: for smoke tests)")
@@ -1237,6 +1261,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _check_fraction("--" + f.replace("_", "-"), getattr(a, f))
         except ValueError as e:
             p.error(str(e))
+    if a.clip_light is not None:
+        if len(a.clip_light) != 1 + len(phases):
+            p.error(f"--clip-light: expected {1 + len(phases)} fractions (the world run's, then one for each of the "
+                    f"{len(phases)} curriculum phases), got {len(a.clip_light)}")
+        try:
+            for x in a.clip_light:
+                _check_fraction("--clip-light", x)
+        except ValueError as e:
+            p.error(str(e))
+        a.clip_light = tuple(a.clip_light)
     if a.lights is not None and len(set(a.lights)) != len(a.lights):
         p.error(f"--lights: expected distinct names, got {' '.join(a.lights)}")
     a.lights = tuple(a.lights) if a.lights is not None else None
