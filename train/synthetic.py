@@ -904,7 +904,7 @@ class ToyRecipe:
     #: phase's (None: ``light`` for every one; stage 2 always has ``light``). The curriculum teaches position and
     #: relation words under white light; lit from the world run on, it taught none. Lit in the last phase alone
     #: ((0, 0, 0, 0, 0.5) with light 0.5 and the warm light), the whole recipe met every held-out target of
-    #: issue 19, the r_s ablation's shape on validation scenes (docs/toy.md, twentieth and twenty-first rounds)
+    #: issue 19, the r_s ablation's shape included (docs/toy.md, twentieth and twenty-first rounds)
     clip_light: Optional[Tuple[float, ...]] = None
     threads: int = 2                   #: torch threads (fixed: float sums, hence the weights, depend on it)
     per_shard: int = 1000
