@@ -86,6 +86,15 @@ def _rs_names(out: dict) -> str:
     return "0 / 0.1 / 1.0" if _shipped_data(out) == "none" else "0 / 0.1 + caption-only records / 1.0"
 
 
+def trained_world(folder: Path) -> tuple:
+    """The world a toy folder's model was trained in: ``(light, lights)`` of the recipe in its ``training.json``
+    (stage 2's scenes); ``(0.0, None)`` (white light) for a toy without a record or from before lights."""
+    record = folder / "training.json"
+    recipe = (json.loads(record.read_text()).get("recipe") or {}) if record.is_file() else {}
+    lights = recipe.get("lights")
+    return float(recipe.get("light") or 0.0), (list(lights) if lights else None)
+
+
 def targets(out: dict) -> list:
     """Issue 19's targets against the measured numbers: ``[(measure, target, measured, met)]``."""
     reg, rec, ret = out["region_top1"], out["rec_top1"], out["retrieval"]
@@ -141,10 +150,12 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=200, help="held-out mirror pairs of each kind (position, relation)")
     ap.add_argument("--seed-block", type=int, default=SEED_BLOCK, help="held-out seed block (training: 0 and 1)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--light", type=float, default=0.0,
-                    help="chance that a held-out scene is lit by a coloured light (a toy trained with --light)")
+    ap.add_argument("--light", type=float, default=None,
+                    help="chance that a held-out scene is lit by a coloured light (default: the world the toy was "
+                         "trained in, its training.json's --light; 0 for a toy without one)")
     ap.add_argument("--lights", nargs="+", choices=sorted(LIGHTS), default=None,
-                    help="which coloured lights a lit scene may have (default: every one; a toy trained with --lights)")
+                    help="which coloured lights a lit scene may have (default: without --light, the toy's "
+                         "training.json's; with it, every one)")
     ap.add_argument("--ablation", action="append", default=[], metavar="NAME=FOLDER",
                     help="another stage-2 model of the same base (open_clip folder): mask and box alpha, REC, retrieval")
     ap.add_argument("--keep-ablations", action="store_true",
@@ -152,6 +163,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "synthetic_regions"))
     ap.add_argument("--progress", action="store_true")
     args = ap.parse_args()
+    if args.light is None:  # the world the toy was trained in
+        args.light, trained_lights = trained_world(Path(args.folder))
+        if args.lights is None and args.light:
+            args.lights = trained_lights
     try:
         _check_fraction("--light", args.light)
     except ValueError as e:

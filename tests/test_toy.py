@@ -186,11 +186,12 @@ def test_stage_one_with_pairs_records_them(tmp_path):
             "--batch-size", "8", "--clip-steps", "1", "--clip-warmup", "1", "--no-clip-phases",
             "--clip-position-pairs", "0.25", "--clip-relation-pairs", "0.5", "--no-progress"]
     assert main(argv) == 0
-    done = json.loads((tmp_path / "data-clip" / "done.json").read_text())
-    assert done["pairs"] == {"position": 0.25, "relation": 0.5}
+    data = tmp_path / "data-clip-light0.5-warm"  # without phases the world run is stage 1's last: lit (the recipe's)
+    done = json.loads((data / "done.json").read_text())
+    assert done["pairs"] == {"position": 0.25, "relation": 0.5} and (done["light"], done["lights"]) == (0.5, ["warm"])
     summary = json.loads((tmp_path / "clip" / "summary.json").read_text())
     assert summary["recipe"]["clip_position_pairs"] == 0.25 and summary["recipe"]["clip_relation_pairs"] == 0.5
-    records = [r for f in sorted((tmp_path / "data-clip").glob("*.tar")) for _, _, r in iter_shard(f)]
+    records = [r for f in sorted(data.glob("*.tar")) for _, _, r in iter_shard(f)]
     assert {r["meta"]["pair"] for r in records} <= {None, "position", "relation"} and len(records) == 16
     with pytest.raises(ValueError, match="holds .* use another work folder"):  # other fractions, same folder
         main(argv[:-4] + ["0.5", "--clip-relation-pairs", "0.25", "--no-progress"])
@@ -224,11 +225,14 @@ def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tm
             "--clip-phase-warmup", "1", "--clip-phase", "2", "1", "0", "--clip-phase", "1", "0.5", "0.5", "--no-progress"]
     assert main(argv) == 0
     # each phase: its own fresh samples (steps x batch, its own seed block), pairs at its fractions
-    for k, (n, pairs, kinds) in enumerate([(8, {"position": 1.0}, {"position"}),
-                                           (4, {"position": 0.5, "relation": 0.5}, {"position", "relation"})]):
-        done = json.loads((tmp_path / f"data-clip-p{k}" / "done.json").read_text())
-        assert (done["scenes"], done["seed"], done["pairs"]) == (n, 2 + k, pairs)
-        records = [r for f in sorted((tmp_path / f"data-clip-p{k}").glob("*.tar")) for _, _, r in iter_shard(f)]
+    # the world run and every phase but the last under white light, the last lit (the recipe's clip_light)
+    assert "light" not in json.loads((tmp_path / "data-clip" / "done.json").read_text())
+    for k, (n, pairs, kinds, lit) in enumerate([(8, {"position": 1.0}, {"position"}, ""),
+                                                (4, {"position": 0.5, "relation": 0.5}, {"position", "relation"},
+                                                 "-light0.5-warm")]):
+        done = json.loads((tmp_path / f"data-clip-p{k}{lit}" / "done.json").read_text())
+        assert (done["scenes"], done["seed"], done["pairs"], done.get("light")) == (n, 2 + k, pairs, 0.5 if lit else None)
+        records = [r for f in sorted((tmp_path / f"data-clip-p{k}{lit}").glob("*.tar")) for _, _, r in iter_shard(f)]
         assert len(records) == n and {r["meta"]["pair"] for r in records} <= kinds
     # each phase starts from the previous result with stage 1's recipe; stage 2 from the last phase
     models = [json.loads((tmp_path / run / "config.json").read_text()) for run in ("clip-p0", "clip-p1", "alpha")]
@@ -428,10 +432,11 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
             "--alpha-caption-only", "0.5"]
     seen = []
     r = ToyRecipe(alpha_position_pairs=0.25, alpha_relation_pairs=0.25, alpha_caption_only=0.5)
-    assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.25-0.25-cap0.5"
-    assert synthetic._alpha_data(tmp_path, ToyRecipe()).name == "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7"
-    spec = ToyRecipe(alpha_position_pairs=0.0, alpha_relation_pairs=0.0, alpha_caption_only=0.0)
-    assert synthetic._alpha_data(tmp_path, spec).name == "data-alpha-twins-box0.5"  # SPEC's data
+    assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.25-0.25-cap0.5-light0.5-warm"
+    assert synthetic._alpha_data(tmp_path, ToyRecipe()).name == \
+        "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7-light0.5-warm"
+    spec = ToyRecipe(alpha_position_pairs=0.0, alpha_relation_pairs=0.0, alpha_caption_only=0.0, light=0.0)
+    assert synthetic._alpha_data(tmp_path, spec).name == "data-alpha-twins-box0.5"  # SPEC's data, white light
     synthetic._data(tmp_path / "d", 16, 1, 32, (), 8, "twins", 0.5, {"position": 0.25, "relation": 0.25},
                     pair_regions=False, caption_only=0.5)
     done = json.loads((tmp_path / "d" / "done.json").read_text())
@@ -444,8 +449,9 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
     monkeypatch.setattr(synthetic, "make_tiny", lambda work, recipe, *args: seen.append(recipe) or {})
     assert main(argv) == 0
     assert (seen[0].alpha_position_pairs, seen[0].alpha_relation_pairs, seen[0].alpha_caption_only) == (0.25, 0.25, 0.5)
-    assert main(argv + ["--light", "0.5", "--lights", "warm"]) == 0 and seen[1].lights == ("warm",)
-    assert seen[0].lights is None and seen[0].clip_partners == ("mirror", "shape")  # the recipe's unless chosen
+    assert main(argv + ["--light", "0.5", "--lights", "violet"]) == 0 and seen[1].lights == ("violet",)
+    assert seen[0].lights == ("warm",) and seen[0].clip_partners == ("mirror", "shape")  # the recipe's unless chosen
+    assert main(argv + ["--lights", "warm", "violet"]) == 0 and seen.pop().lights is None  # every light: None
     assert main(argv + ["--light", "0.5", "--clip-partners", "mirror", "shape", "light"]) == 0
     assert seen.pop().clip_partners == ("mirror", "shape", "light")
     seen.pop()
@@ -459,7 +465,8 @@ def test_stage_two_caption_only_data_is_its_own_folder_and_recorded(tmp_path, mo
                      (["--light", "1.5"], "--light: expected a fraction in [0, 1], got 1.5"),
                      (["--light", "0.5", "--lights", "warm", "warm"], "--lights: expected distinct names, got warm warm"),
                      (["--lights", "cold"], "--lights: invalid choice: 'cold'"),
-                     (["--clip-partners", "mirror", "light"], "--clip-partners: 'light' partners need --light above 0"),
+                     (["--light", "0", "--clip-partners", "mirror", "light"],
+                      "--clip-partners: 'light' partners need --light above 0"),
                      (["--clip-partners", "shape", "shape"], "--clip-partners: expected distinct kinds, got shape shape"),
                      (["--clip-relation-pairs", "nan"], "--clip-relation-pairs: expected a fraction in [0, 1], got nan"),
                      (["--clip-position-pairs", "0.6", "--clip-relation-pairs", "0.6"],
@@ -573,8 +580,8 @@ def test_under_a_light_an_objects_colour_needs_the_background():
 def test_lit_data_folders_and_held_out_scenes(tmp_path):
     """``ToyRecipe.light`` names and records its data folders (stage 1's, the phases', stage 2's) and
     reaches every world scene of them; the evaluation renders held-out scenes under the same lights."""
-    r = ToyRecipe(light=0.5)
-    assert synthetic._lit(r) == "-light0.5" and synthetic._lit(ToyRecipe()) == ""
+    r = ToyRecipe(light=0.5, lights=None)
+    assert synthetic._lit(r) == "-light0.5" and synthetic._lit(ToyRecipe(light=0.0)) == ""
     assert synthetic._alpha_data(tmp_path, r).name == "data-alpha-twins-box0.5-pairs0.1-0.1-cap0.7-light0.5"
     synthetic._data(tmp_path / "d", 16, 1, 32, ("mirror",), 8, light=1.0)
     assert json.loads((tmp_path / "d" / "done.json").read_text())["light"] == 1.0
@@ -654,10 +661,11 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     assert alpha_cfg["model"] == f"local-dir:{tmp_path / 'clip-start-x3'}"  # stage 1's result, patch embedding x 3
     # stage 2 reads the labels as region phrases, half of the regions as boxes only, beside the recipe's
     # caption-only records (mirror pairs and world scenes without their regions); stage 1 the world's captions
-    data = tmp_path / "data-alpha-labels-box0.5-pairs0.1-0.1-cap0.7"
+    # (the recipe's world: half of stage 2's scenes lit by the warm light, and stage 1's last run's)
+    data = tmp_path / "data-alpha-labels-box0.5-pairs0.1-0.1-cap0.7-light0.5-warm"
     done = json.loads((data / "done.json").read_text())
     assert done["region_phrases"] == "labels" and done["box_rate"] == 0.5 and done["caption_only"] == 0.7
-    assert "region_phrases" not in json.loads((tmp_path / "data-clip" / "done.json").read_text())
+    assert "region_phrases" not in json.loads((tmp_path / "data-clip-light0.5-warm" / "done.json").read_text())
     stage2 = [r for f in sorted(data.glob("*.tar")) for _, _, r in iter_shard(f)]
     with_regions = [r for r in stage2 if r["regions"]]
     assert with_regions and len(with_regions) < len(stage2)  # some records are caption-only
@@ -684,7 +692,7 @@ def test_smoke_both_stages_and_the_benchmark_measures(tmp_path):
     assert "keep_every" not in world["recipe"]  # a run option, not the recipe's: it changes no weights
     assert [f.name for f in sorted((tmp_path / "world" / "checkpoints").glob("step-*"))] == ["step-0000002.safetensors"]
     assert json.loads((tmp_path / "world" / "config.json").read_text())["data"] == [
-        str(tmp_path / "data-alpha-box0.5-pairs0.1-0.1-cap0.7")]
+        str(tmp_path / "data-alpha-box0.5-pairs0.1-0.1-cap0.7-light0.5-warm")]
     # every measure of the benchmark runs on it and gives percentages
     scenes = held_out_scenes(3, size=32)
     res = list(region_top1(alpha, tok, scenes, ["alpha: mask", "alpha: box", "alpha: whole image"]).values())
@@ -879,7 +887,7 @@ def test_benchmark_keeps_an_earlier_runs_ablation_rows_only_for_the_same_toy_and
         bench.render_markdown({**again, "targets": [], "claims": []})
 
 
-def test_benchmark_scores_lit_scenes_when_asked_and_says_so():
+def test_benchmark_scores_lit_scenes_when_asked_and_says_so(tmp_path):
     """``--light``: the results record the share of lit held-out scenes and the Markdown says it; results
     without lights keep their record; a share outside [0, 1] is refused by name before anything runs."""
     import subprocess
@@ -894,18 +902,25 @@ def test_benchmark_scores_lit_scenes_when_asked_and_says_so():
     assert head.startswith("Held-out seed block 777, scenes under a coloured light with chance 0.5; machine:"), head
     with pytest.raises(ValueError, match="light is 0.5, this run's None"):  # rows of lit scenes stay apart
         bench.keep_ablations({**out, "light": 0.5}, json.loads(json.dumps(out)))
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), "--light", "1.5"],
-                         capture_output=True, text=True)
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), "--light", "1.5",
+                          "--out", str(tmp_path / "never")], capture_output=True, text=True)
     assert run.returncode == 2 and "--light: expected a fraction in [0, 1], got 1.5" in run.stderr
     # --lights: a subset is recorded, said, and kept apart; every light is the record without the choice
     head = bench.render_markdown({**out, "light": 0.5, "lights": ["warm"]}).splitlines()[2]
     assert head.startswith("Held-out seed block 777, scenes under a coloured light with chance 0.5 (warm only); "), head
     with pytest.raises(ValueError, match=r"lights is \['warm'\], this run's None"):
         bench.keep_ablations({**out, "light": 0.5, "lights": ["warm"]}, {**json.loads(json.dumps(out)), "light": 0.5})
-    for bad, msg in ((["--lights", "warm"], "--lights: expected --light above 0 with it"),
+    # by default the toy's own world: the light and lights of its training record's recipe; white without one
+    assert bench.trained_world(ASSETS) == (0.5, ["warm"])
+    assert bench.trained_world(tmp_path) == (0.0, None)
+    (tmp_path / "training.json").write_text(json.dumps({"recipe": {"light": 1.0, "lights": None}}))
+    assert bench.trained_world(tmp_path) == (1.0, None)
+    (tmp_path / "training.json").write_text(json.dumps({"recipe": {"alpha_box_rate": 0.5}}))  # from before lights
+    assert bench.trained_world(tmp_path) == (0.0, None)
+    for bad, msg in ((["--light", "0", "--lights", "warm"], "--lights: expected --light above 0 with it"),
                      (["--light", "0.5", "--lights", "warm", "warm"], "--lights: expected distinct names, got warm warm")):
-        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), *bad],
-                             capture_output=True, text=True)
+        run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "synthetic_regions.py"), *bad,
+                              "--out", str(tmp_path / "never")], capture_output=True, text=True)
         assert run.returncode == 2 and msg in run.stderr and "Traceback" not in run.stderr, run.stderr
 
 
