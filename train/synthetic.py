@@ -15,9 +15,11 @@ written in the shard format of :mod:`alphaclip_train.schema` (object attributes 
 The shipped model (:func:`load_tiny`, used by ``alphaclip demo``) was made by :func:`make_tiny`,
 with this module's ``python -m alphaclip_train.synthetic`` entry point:
 
-1. stage ``clip``: a CLIP trained from scratch on whole-scene captions (learned logit scale, capped at 100);
+1. stage ``clip``: a CLIP trained from scratch on whole-scene captions (learned logit scale, capped at 100),
+   then a curriculum of captioned mirror pairs, its last phase in the lit world;
 2. stage ``alpha``: Alpha-CLIP fine-tuning of (1) on the regions' labels with the recipe of SPEC.md
-   (three measured departures; see :class:`ToyRecipe`).
+   (five measured departures; see :class:`ToyRecipe`), half of its scenes lit by the warm light, under
+   which a white object has a yellow one's pixels (:data:`LIGHTS`).
 
 Both stages use :func:`alphaclip_train.loop.train`. The model is a toy: it knows 4 shapes x 6
 colours x 2 sizes and 4 relations on 64-pixel pictures, nothing about the real world.
@@ -60,7 +62,7 @@ SIZES: Dict[str, Tuple[float, float]] = {"small": (0.17, 0.23), "large": (0.30, 
 #: the whole picture, background and objects alike. Under each one a colour of the world looks like
 #: another one under white light (warm: white as yellow, 5 RGB units apart; violet: white as purple, 1
 #: unit), while the objects keep their names: an object's colour is then told only against the rest of
-#: the picture, which shows the light (docs/toy.md, "What is still open")
+#: the picture, which shows the light (docs/toy.md, "The world" and "Results")
 LIGHTS: Dict[str, Tuple[float, float, float]] = {"warm": (1.0, 0.88, 0.10), "violet": (0.61, 0.16, 0.82)}
 #: which colour under which light (None: white light) has the pixels of which other one: the light
 #: partners of stage 1 (:func:`partner_of` kind ``"light"``) swap one for the other
@@ -823,6 +825,8 @@ class ToyRecipe:
     departures (no label smoothing, ``patch_scale``, ``alpha_box_rate`` of the regions given as boxes,
     ``lr_ratio`` 0.03 instead of 0.01, and caption-only records beside r_s: ``alpha_position_pairs``,
     ``alpha_relation_pairs``, ``alpha_caption_only``), on region phrases chosen by ``alpha_region_phrases``.
+    The world is half lit by the warm light (``light``, ``lights``) in stage 2 and in stage 1's last run
+    (``clip_light``); stage 1's runs before it are under white light.
     """
 
     config: Dict[str, Any] = field(default_factory=lambda: json.loads(json.dumps(TINY_CFG)))
