@@ -86,11 +86,16 @@ def _rs_names(out: dict) -> str:
     return "0 / 0.1 / 1.0" if _shipped_data(out) == "none" else "0 / 0.1 + caption-only records / 1.0"
 
 
+def _training_record(folder: Path) -> dict:
+    """A toy folder's ``training.json`` (what :func:`~alphaclip_train.synthetic.make_tiny` recorded), or {}."""
+    record = folder / "training.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def trained_world(folder: Path) -> tuple:
     """The world a toy folder's model was trained in: ``(light, lights)`` of the recipe in its ``training.json``
     (stage 2's scenes); ``(0.0, None)`` (white light) for a toy without a record or from before lights."""
-    record = folder / "training.json"
-    recipe = (json.loads(record.read_text()).get("recipe") or {}) if record.is_file() else {}
+    recipe = _training_record(folder).get("recipe") or {}
     lights = recipe.get("lights")
     return float(recipe.get("light") or 0.0), (list(lights) if lights else None)
 
@@ -246,7 +251,7 @@ def main() -> int:
                 ablations[name]["whole_share"] = round(100.0 * (_last_logged(run, "whole_image") or 0) / samples, 1)
     scores, truth, best = demo_scores(alpha, tok)
     demo = {"truth": truth, "top1": best, "correct": [b == t for b, t in zip(best, truth)]}
-    training = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    training = _training_record(folder)
     n_regions = sum(len(s.objects) for s in scenes)
     out = {"benchmark": "synthetic_regions", "folder": str(folder), "seed_block": args.seed_block,
            "regions": n_regions, "scenes": args.scenes, "labels": len(LABELS), "chance_top1": 100.0 / len(LABELS),

@@ -1280,9 +1280,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except ValueError as e:
             p.error(str(e))
         a.clip_light = tuple(a.clip_light)
-    if a.lights is not None and len(set(a.lights)) != len(a.lights):
+    if len(set(a.lights)) != len(a.lights):
         p.error(f"--lights: expected distinct names, got {' '.join(a.lights)}")
-    a.lights = None if sorted(a.lights) == sorted(LIGHTS) else tuple(a.lights)  # every light: the record says none
+    subset = _light_subset(a.lights)  # every light: None, so the record says none
+    a.lights = tuple(subset) if subset is not None else None
     if len(set(a.clip_partners)) != len(a.clip_partners):
         p.error(f"--clip-partners: expected distinct kinds, got {' '.join(a.clip_partners)}")
     if "light" in a.clip_partners and not a.light:
