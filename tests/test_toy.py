@@ -239,7 +239,7 @@ def test_stage_one_curriculum_phases_chain_and_stage_two_starts_from_the_last(tm
     assert models[0]["model"] == f"local-dir:{tmp_path / 'clip' / 'final'}"
     assert models[1]["model"] == f"local-dir:{tmp_path / 'clip-p0' / 'final'}"
     assert [(m["steps"], m["warmup"], m["stage"], m["seed"]) for m in models[:2]] == [(2, 1, "clip", 2), (1, 1, "clip", 3)]
-    assert models[0]["freeze"] == ["token_embedding"] and models[0]["shuffle_buffer"] == 0
+    assert models[0]["freeze"] == ["token_embedding", "logit_scale"] and models[0]["shuffle_buffer"] == 0
     assert models[2]["model"] == f"local-dir:{tmp_path / 'clip-p1-start-x3'}"
     summary = json.loads((tmp_path / "alpha" / "summary.json").read_text())
     assert summary["recipe"]["clip_phases"] == [[2, 1.0, 0.0], [1, 0.5, 0.5]]
@@ -288,27 +288,35 @@ def test_clip_light_lights_each_stage_one_run_on_its_own(tmp_path, capsys):
     assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
 
 
-def test_curriculum_can_keep_the_world_runs_logit_scale(tmp_path):
-    """``--clip-phase-keep-logit-scale``: the phases train with the logit scale frozen, so stage 1 ends
-    with the scale its world run reached (the shipped phases learn it again and end at 59)."""
+def test_curriculum_keeps_the_world_runs_logit_scale_unless_told(tmp_path):
+    """By default the phases train with the logit scale frozen, so stage 1 ends with the scale its world
+    run reached (the cap, in the shipped toy); ``--no-clip-phase-keep-logit-scale`` learns it again in
+    each phase (before the twenty-third round: the phases pulled it from 100 down to 55.6)."""
     from safetensors.torch import load_file
 
-    argv = [str(tmp_path), "--config", "micro", "--stages", "clip", "--clip-scenes", "16", "--per-shard", "8",
-            "--batch-size", "4", "--clip-steps", "3", "--clip-warmup", "1", "--clip-phase-warmup", "1",
-            "--clip-phase", "2", "1", "0", "--clip-phase-keep-logit-scale", "--no-progress"]
-    assert main(argv) == 0
-    cfg = json.loads((tmp_path / "clip-p0" / "config.json").read_text())
+    def run(folder, *flags):
+        argv = [str(folder), "--config", "micro", "--stages", "clip", "--clip-scenes", "16", "--per-shard", "8",
+                "--batch-size", "4", "--clip-steps", "3", "--clip-warmup", "1", "--clip-phase-warmup", "1",
+                "--clip-phase", "2", "1", "0", *flags, "--no-progress"]
+        assert main(argv) == 0
+        world, phase = (load_file(str(folder / r / "final" / "open_clip_model.safetensors")) for r in ("clip", "clip-p0"))
+        cfg = json.loads((folder / "clip-p0" / "config.json").read_text())
+        return world, phase, cfg, json.loads((folder / "clip" / "summary.json").read_text())
+
+    world, phase, cfg, summary = run(tmp_path / "keep")
     assert cfg["freeze"] == ["token_embedding", "logit_scale"]
-    assert json.loads((tmp_path / "clip" / "config.json").read_text())["freeze"] == ["token_embedding"]
-    world, phase = (load_file(str(tmp_path / run / "final" / "open_clip_model.safetensors"))
-                    for run in ("clip", "clip-p0"))
+    assert json.loads((tmp_path / "keep" / "clip" / "config.json").read_text())["freeze"] == ["token_embedding"]
     start = torch.log(torch.tensor(1 / 0.07))
     assert not torch.allclose(world["logit_scale"], start, atol=1e-3)  # the world run learned it
     assert torch.equal(phase["logit_scale"], world["logit_scale"])      # the phase kept it
     assert not torch.equal(phase["visual.conv1.weight"], world["visual.conv1.weight"])  # and trained the rest
-    summary = json.loads((tmp_path / "clip" / "summary.json").read_text())
     assert summary["recipe"]["clip_phase_keep_logit_scale"] is True
     assert summary["clip"]["phases"][0]["logit_scale"] == pytest.approx(summary["clip"]["logit_scale"], rel=1e-6)
+
+    world, phase, cfg, summary = run(tmp_path / "learn", "--no-clip-phase-keep-logit-scale")
+    assert cfg["freeze"] == ["token_embedding"]
+    assert not torch.allclose(phase["logit_scale"], world["logit_scale"], atol=1e-4)  # learned again
+    assert summary["recipe"]["clip_phase_keep_logit_scale"] is False
 
 
 def test_partners_share_batches_in_shards(tmp_path):
